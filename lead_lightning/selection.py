@@ -1,0 +1,171 @@
+"""Fine stage of LEAD's redraw: eligibility, budget, stratified top-k by IDU inside chosen clusters.
+
+Pure functions over plain tensors; deterministic (ties broken by id) and vectorised, so a redraw of
+a million-example pool takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["ClusterLayout", "eligible_mask", "per_group_quota", "select_in_clusters", "cap_new_examples"]
+
+
+class ClusterLayout:
+    """Pool ids ordered by (cluster, group, id), with segment offsets; built once per pool.
+
+    Keeps the selection state small: ``order`` is int32, clusters int16, groups int32.
+
+    Example:
+        >>> import torch
+        >>> lay = ClusterLayout(torch.tensor([1, 0, 1, 0]), torch.tensor([0, 0, 1, 0]))
+        >>> lay.ids_of(1).tolist(), lay.num_clusters
+        ([0, 2], 2)
+    """
+
+    def __init__(self, clusters: Tensor, groups: Tensor) -> None:
+        n = clusters.numel()
+        if n >= (1 << 31):
+            raise ValueError(f"At most 2**31 - 1 examples are supported, got {n}.")
+        self.clusters = clusters.to(torch.int16)
+        self.groups = groups.to(torch.int32)
+        self.num_clusters = int(clusters.max()) + 1
+        # stable sorts: by group, then by cluster -> (cluster, group, id) order
+        by_group = torch.sort(groups.to(torch.int64), stable=True).indices
+        by_cluster = torch.sort(clusters.to(torch.int64)[by_group], stable=True).indices
+        self.order = by_group[by_cluster].to(torch.int32)
+        counts = torch.bincount(clusters.to(torch.int64), minlength=self.num_clusters)
+        self.offsets = torch.zeros(self.num_clusters + 1, dtype=torch.int64)
+        self.offsets[1:] = torch.cumsum(counts, 0)
+
+    def ids_of(self, cluster: int) -> Tensor:
+        """Ids of ``cluster`` in (group, id) order (int64)."""
+        return self.order[int(self.offsets[cluster]) : int(self.offsets[cluster + 1])].to(torch.int64)
+
+    def nbytes(self) -> int:
+        """Bytes held per pool (order + clusters + groups)."""
+        return sum(t.element_size() * t.numel() for t in (self.order, self.clusters, self.groups))
+
+
+def eligible_mask(uses: Tensor, max_uses: int, budget_left: int) -> Tensor:
+    """Examples that may be drawn: used fewer than ``max_uses`` times and, once the budget of
+    unique examples is spent (``budget_left <= 0``), already seen.
+
+    Example:
+        >>> import torch
+        >>> eligible_mask(torch.tensor([0, 1, 4], dtype=torch.uint8), max_uses=4, budget_left=0).tolist()
+        [False, True, False]
+    """
+    ok = uses < max_uses
+    if budget_left <= 0:
+        ok &= uses > 0
+    return ok
+
+
+def per_group_quota(group_sizes: Tensor, sample_rate: float | None, examples: int | None) -> Tensor:
+    """How many examples to take from each group of the chosen clusters.
+
+    With ``sample_rate``: ``ceil(sample_rate * n_g)`` per group (LEAD's rule). With an absolute
+    ``examples`` count: split across groups in proportion to their size by the largest-remainder
+    method, so the quotas sum to exactly ``examples`` (or to the total size if smaller).
+
+    Example:
+        >>> import torch
+        >>> per_group_quota(torch.tensor([100, 50]), 0.015, None).tolist()
+        [2, 1]
+        >>> per_group_quota(torch.tensor([100, 50]), None, 10).tolist()
+        [7, 3]
+    """
+    if sample_rate is not None:
+        return torch.ceil(group_sizes.to(torch.float64) * sample_rate).to(torch.int64).clamp_max(group_sizes)
+    assert examples is not None
+    total = int(group_sizes.sum())
+    e = min(examples, total)
+    if total == 0:
+        return torch.zeros_like(group_sizes)
+    exact = group_sizes.to(torch.float64) * e / total
+    quota = torch.floor(exact).to(torch.int64)
+    rem = e - int(quota.sum())
+    if rem > 0:
+        frac = exact - quota.to(torch.float64)
+        # largest fractional part first, ties by group index (stable)
+        order = torch.sort(-frac, stable=True).indices[:rem]
+        quota[order] += 1
+    return quota.clamp_max(group_sizes)
+
+
+def select_in_clusters(
+    layout: ClusterLayout,
+    arms: Sequence[int],
+    scores: Tensor,
+    eligible: Tensor,
+    sample_rate: float | None,
+    examples: int | None = None,
+) -> Tensor:
+    """Stratified top-k: inside each chosen cluster, per group, the highest-``scores`` eligible ids.
+
+    Ties are broken by id (lower first). Quotas come from :func:`per_group_quota` over the groups'
+    full sizes inside the chosen clusters; a group with fewer eligible examples gives what it has.
+
+    Returns:
+        Selected ids (int64), ordered by cluster, group, then score descending.
+    """
+    seg_ids = torch.cat([layout.ids_of(a) for a in arms]) if arms else torch.empty(0, dtype=torch.int64)
+    if seg_ids.numel() == 0:
+        return seg_ids
+    cl = layout.clusters[seg_ids].to(torch.int64)
+    gr = layout.groups[seg_ids].to(torch.int64)
+    # one stratum per (cluster, group); segments are contiguous and already in (cluster, group, id) order
+    stratum_key = cl * (int(layout.groups.max()) + 1) + gr
+    _, counts = torch.unique_consecutive(stratum_key, return_counts=True)
+    quota = per_group_quota(counts, sample_rate, examples)
+    key = torch.where(eligible[seg_ids], scores[seg_ids].to(torch.float64), float("-inf"))
+    # sort by score descending inside each stratum; stable sorts keep ids ascending among ties
+    by_score = torch.sort(-key, stable=True).indices
+    stratum_of = torch.repeat_interleave(torch.arange(counts.numel()), counts)
+    perm = by_score[torch.sort(stratum_of[by_score], stable=True).indices]
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(seg_ids.numel()) - torch.repeat_interleave(starts, counts)
+    take = (pos < torch.repeat_interleave(quota, counts)) & torch.isfinite(key[perm])
+    return seg_ids[perm[take]]
+
+
+def cap_new_examples(selected: Tensor, uses: Tensor, scores: Tensor, budget_left: int) -> Tensor:
+    """Keep at most ``budget_left`` never-seen examples (the highest-scoring, ties by id).
+
+    Example:
+        >>> import torch
+        >>> cap_new_examples(torch.tensor([0, 1, 2]), torch.zeros(3, dtype=torch.uint8),
+        ...                  torch.tensor([1.0, 3.0, 2.0]), 2).tolist()
+        [1, 2]
+    """
+    new = uses[selected] == 0
+    n_new = int(new.sum())
+    if n_new <= budget_left:
+        return selected
+    new_ids = selected[new]
+    s = scores[new_ids].to(torch.float64)
+    keep_order = torch.sort(-s, stable=True).indices[: max(budget_left, 0)]
+    keep = torch.zeros(selected.numel(), dtype=torch.bool)
+    keep[~new] = True
+    keep[torch.nonzero(new).flatten()[keep_order]] = True
+    return selected[keep]
+
+
+def resolve_count(name: str, value: float | int, n: int) -> int:
+    """A fraction in (0, 1] of ``n`` (rounded up) or an absolute count in [1, n]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{name}` must be a fraction in (0, 1] or a count in [1, {n}], got {value!r}.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value!r}.")
+    if isinstance(value, float) and 0 < value <= 1:
+        return max(1, math.ceil(value * n))
+    if float(value).is_integer() and 1 <= value <= n:
+        return int(value)
+    raise ValueError(
+        f"`{name}` must be a fraction in (0, 1] or a whole count in [1, {n}] (the pool size), got {value!r}."
+    )

@@ -1,0 +1,122 @@
+"""Parameter-update sketches and the gradient coefficient ``C_k`` of the IDU formula.
+
+LEAD needs, once per round, the squared norms of two parameter updates and the cosine between
+them. Update vectors are never stored whole: a seeded, linear CountSketch of the trainable
+parameters is taken at each round boundary, so ``sketch(theta_end) - sketch(theta_start)`` sketches
+the update. When the trainable parameter count fits in ``dim`` the sketch is the exact vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+__all__ = ["ParameterSketch", "gradient_coefficient"]
+
+_P = (1 << 31) - 1  # Mersenne prime for the universal hash
+
+
+class ParameterSketch:
+    """Seeded CountSketch of a parameter list into ``dim`` float64 buckets.
+
+    Hashes are computed on the fly from the element's global index (no per-parameter index table),
+    so memory is ``O(dim)`` and the cost is one pass over the parameters, in chunks.
+
+    Args:
+        dim: sketch size. Exact (identity map) when the total parameter count is <= ``dim``.
+        seed: seed of the hash functions; all ranks must use the same one.
+        chunk: elements hashed at a time (bounds temporary memory).
+
+    Example:
+        >>> import torch
+        >>> sk = ParameterSketch(dim=8, seed=0)
+        >>> sk([torch.tensor([3.0, 4.0])])[:3]  # 2 <= 8 parameters: exact
+        tensor([3., 4., 0.], dtype=torch.float64)
+    """
+
+    def __init__(self, dim: int = 4096, seed: int = 0, chunk: int = 1 << 20) -> None:
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"`sketch_dim` must be a positive int, got {dim!r}.")
+        self.dim = dim
+        self.chunk = chunk
+        g = torch.Generator().manual_seed(int(seed) + 7919)
+        a, b, c, d = torch.randint(1, _P - 1, (4,), generator=g, dtype=torch.int64).tolist()
+        self._coef = (a, b, c, d)
+
+    def __call__(self, params: Iterable[Tensor]) -> Tensor:
+        """Sketch of the concatenated, flattened ``params`` (CPU float64 ``Tensor[dim]``)."""
+        params = [p.detach() for p in params]
+        total = sum(p.numel() for p in params)
+        if total == 0:
+            raise ValueError("No trainable parameters to sketch: every parameter has requires_grad=False.")
+        if total >= (1 << 32):
+            raise ValueError(f"At most 2**32 trainable parameters can be sketched, got {total}.")
+        device = params[0].device
+        out = torch.zeros(self.dim, dtype=torch.float64, device=device)
+        exact = total <= self.dim
+        a, b, c, d = self._coef
+        offset = 0
+        for p in params:
+            flat = p.reshape(-1).to(device=device, dtype=torch.float64)
+            for start in range(0, flat.numel(), self.chunk):
+                vals = flat[start : start + self.chunk]
+                idx = torch.arange(offset + start, offset + start + vals.numel(), device=device, dtype=torch.int64)
+                if exact:
+                    out.index_add_(0, idx, vals)
+                else:
+                    bucket = ((a * idx + b) % _P) % self.dim
+                    sign = 1.0 - 2.0 * (((c * idx + d) % _P) & 1).to(torch.float64)
+                    out.index_add_(0, bucket, sign * vals)
+            offset += flat.numel()
+        return out.cpu()
+
+
+def gradient_coefficient(u_k: Tensor | None, u_prev: Tensor | None) -> tuple[float, float]:
+    """``C_k`` and ``beta*`` of LEAD's loss-change estimate from two (sketched) update vectors.
+
+    .. math::
+
+        \\rho = \\sqrt{d_k d_{prev}} \\cos\\phi, \\qquad
+        \\beta^* = \\mathrm{clip}\\Big(\\frac{d_{prev} - \\rho}{d_k + d_{prev} - 2\\rho}, 0, 1\\Big), \\qquad
+        C_k = \\beta^2 d_k + (1-\\beta)^2 d_{prev} + 2\\beta(1-\\beta)\\rho
+
+    i.e. ``C_k = ||beta* u_k + (1 - beta*) u_prev||^2``, the smallest squared norm of a convex
+    combination of the two updates. First round (no ``u_prev``): ``C = 0``. Cluster never trained
+    (no ``u_k``): ``C = d_prev``. ``0/0`` (identical updates) gives ``beta* = 0.5``.
+
+    Returns:
+        ``(C_k, beta*)`` as Python floats.
+
+    Example:
+        >>> import torch
+        >>> gradient_coefficient(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))  # orthogonal
+        (0.5, 0.5)
+    """
+    if u_prev is None:
+        return 0.0, 0.5
+    d_prev = float(u_prev.double().pow(2).sum())
+    if u_k is None:
+        return d_prev, 0.0
+    d_k = float(u_k.double().pow(2).sum())
+    rho = float((u_k.double() * u_prev.double()).sum())  # = sqrt(d_k d_prev) cos(phi)
+    denom = d_k + d_prev - 2.0 * rho  # = ||u_k - u_prev||^2 >= 0
+    beta = 0.5 if denom <= 1e-300 else min(1.0, max(0.0, (d_prev - rho) / denom))
+    c = beta * beta * d_k + (1.0 - beta) ** 2 * d_prev + 2.0 * beta * (1.0 - beta) * rho
+    return max(c, 0.0), beta
+
+
+def update_stats(u_k: Tensor, u_prev: Tensor) -> tuple[float, float, float]:
+    """``(d_k, d_prev, cos_phi)`` of two update vectors (for logging and tests).
+
+    Example:
+        >>> import torch
+        >>> update_stats(torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0]))[2]  # doctest: +ELLIPSIS
+        0.7071...
+    """
+    d_k = float(u_k.double().pow(2).sum())
+    d_prev = float(u_prev.double().pow(2).sum())
+    denom = (d_k * d_prev) ** 0.5
+    cos = float((u_k.double() * u_prev.double()).sum()) / denom if denom > 0 else 0.0
+    return d_k, d_prev, cos
