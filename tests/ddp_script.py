@@ -1,0 +1,83 @@
+"""Run by tests/test_ddp.py: LEAD under `strategy="ddp"` on 2 CPU processes (gloo).
+
+Lightning relaunches this script for rank 1, so it parses its arguments only under `__main__`.
+Each rank writes what it saw to `<out>/rank<r>.json`; rank 1 sees deliberately different losses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _toy import ToyDataModule, ToyDataset, ToyModule  # noqa: E402
+
+from lead_lightning import LeadSelectionCallback  # noqa: E402
+
+
+def state_hash(cb: LeadSelectionCallback) -> str:
+    h = hashlib.sha256()
+    for t in (cb.state.idu, cb.state.uses, cb.bandit.probabilities(), cb._sketch_start, cb._coef):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps([{k: v for k, v in e.items() if k != "round_time_s"} for e in cb.history]).encode())
+    return h.hexdigest()
+
+
+class RankSkewedModule(ToyModule):
+    """Rank 1 reports larger losses, so ranks hold different local values before the exchange."""
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001
+        out = super().training_step(batch, batch_idx)
+        if self.global_rank == 1:
+            out["per_example_loss"] = out["per_example_loss"] * 3.0 + 1.0
+        return out
+
+
+class Spy(pl.Callback):
+    def __init__(self, lead: LeadSelectionCallback) -> None:
+        self.lead = lead
+        self.rounds: list[dict] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):  # noqa: ANN001
+        self.rounds.append({"subset": self.lead.current_subset().tolist(), "trained": []})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: ANN001
+        self.rounds[-1]["trained"].extend(batch["ids"].tolist())
+
+    def on_train_epoch_end(self, trainer, pl_module):  # noqa: ANN001
+        self.rounds[-1]["hash"] = state_hash(self.lead)
+        self.rounds[-1]["uses_sum"] = int(self.lead.state.uses.sum())
+
+
+def main(out: Path) -> None:
+    pl.seed_everything(0)
+    ds = ToyDataset(n=200)
+    cb = LeadSelectionCallback(ds.pool(), budget=0.6, sample_rate=13, seed=11)
+    spy = Spy(cb)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", max_epochs=5, callbacks=[cb, spy], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=str(out),
+    )
+    trainer.fit(RankSkewedModule(), ToyDataModule(ds, batch_size=4))
+    rank = trainer.global_rank
+    (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "rounds": spy.rounds}))
+    trainer.strategy.barrier()
+    # Tear the process group down before the interpreter exits, then leave without running the
+    # interpreter's finalisers: a gloo process group torn down during interpreter shutdown
+    # intermittently aborts (exit code 134) after the work is done.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
