@@ -51,6 +51,10 @@ def _check_real(name: str, value: Any, lo: float, hi: float, lo_open: bool, hi_o
     return float(value)
 
 
+def _describe(value: Any) -> str:
+    return f"{value.dtype} of shape {tuple(value.shape)}" if isinstance(value, Tensor) else repr(value)
+
+
 def _top(scores: Tensor, available: Tensor, n: int) -> list[int]:
     """Indices of the ``n`` highest available scores; ties go to the lowest index."""
     masked = scores.masked_fill(~available, -math.inf)
@@ -75,7 +79,7 @@ class _Policy:
         if mask is None:
             return torch.ones(self.num_arms, dtype=torch.bool)
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != (self.num_arms,):
-            got = f"{mask.dtype} of shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+            got = _describe(mask)
             raise ValueError(f"`mask` must be a bool Tensor of shape ({self.num_arms},), got {got}.")
         if not bool(mask.any()):
             raise ValueError("`mask` must leave at least one arm available, got none.")
@@ -92,17 +96,16 @@ class _Policy:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"`n` must be an integer >= 1, got {n!r}.")
         available = self._available(mask)
-        if n > int(available.sum()):
-            raise ValueError(f"`n` must be <= the number of available arms ({int(available.sum())}), got {n}.")
+        if n > (num_available := int(available.sum())):
+            raise ValueError(f"`n` must be <= the number of available arms ({num_available}), got {n}.")
         scores = self._scores(generator)
         if scores is not None:
             return _top(scores, available, n)
         weights, chosen = self.probabilities(mask), []
         for _ in range(n):  # sequential draws, renormalising over the arms not chosen yet
-            if not float(weights.sum()) > 0:  # only zero-probability available arms remain
-                weights = available.double().index_fill(0, torch.tensor(chosen, dtype=torch.long), 0.0)
-            chosen.append(int(torch.multinomial(weights, 1, generator=generator)))
-            weights = weights.index_fill(0, torch.tensor(chosen[-1:]), 0.0)
+            arm = int(torch.multinomial(weights, 1, generator=generator))
+            weights[arm] = 0.0
+            chosen.append(arm)
         return chosen
 
     def update(self, arms: Sequence[int], rewards: Sequence[float], probabilities: Tensor) -> None:
@@ -117,7 +120,7 @@ class _Policy:
             if not (math.isfinite(r) and 0.0 <= r <= 1.0):
                 raise ValueError(f"`rewards` must be finite and in [0, 1] (normalise them first), got {r}.")
         if not isinstance(probabilities, Tensor) or probabilities.shape != (self.num_arms,):
-            got = tuple(probabilities.shape) if isinstance(probabilities, Tensor) else type(probabilities).__name__
+            got = _describe(probabilities)
             raise ValueError(f"`probabilities` must be a Tensor of shape ({self.num_arms},), got {got}.")
         self._update(arm_list, reward_list, probabilities.tolist())
 
@@ -178,21 +181,19 @@ class EXP3(_Policy):
 
     def probabilities(self, mask: Tensor | None = None) -> Tensor:
         available = self._available(mask)
-        probs = torch.zeros(self.num_arms, dtype=torch.float64)
-        share = torch.softmax(self.log_weights[available], dim=0)
-        probs[available] = (1.0 - self.gamma) * share + self.gamma / int(available.sum())
-        return probs
+        share = torch.softmax(self.log_weights.masked_fill(~available, -math.inf), dim=0)
+        return ((1.0 - self.gamma) * share + self.gamma / int(available.sum())) * available
 
-    def _gains(self, arms: list[int], rewards: list[float], probabilities: list[float]) -> Tensor:
-        """Importance-weighted reward estimate per arm: ``r / p`` for drawn arms, 0 elsewhere."""
-        for a in arms:
-            if not probabilities[a] > 0:
-                raise ValueError(f"`probabilities` must be > 0 for every drawn arm, got {probabilities[a]} for {a}.")
-        return self._per_arm(arms, [r / probabilities[a] for a, r in zip(arms, rewards, strict=True)])
+    def _log_growth(self, arms: list[int], rewards: list[float], probabilities: list[float]) -> Tensor:
+        """``gamma * xhat_i / K`` per arm, with ``xhat_i = r_i / p_i`` for drawn arms and 0 elsewhere."""
+        if bad := [a for a in arms if not probabilities[a] > 0]:
+            raise ValueError(f"`probabilities` must be > 0 for every drawn arm, got 0 for arms {bad}.")
+        scale = self.gamma / self.num_arms
+        return self._per_arm(arms, [scale * r / probabilities[a] for a, r in zip(arms, rewards, strict=True)])
 
     def _update(self, arms: list[int], rewards: list[float], probabilities: list[float]) -> None:
-        self.log_weights += self.gamma * self._gains(arms, rewards, probabilities) / self.num_arms
-        self.log_weights -= self.log_weights.max()  # re-centre: the largest weight is always 1
+        grown = self.log_weights + self._log_growth(arms, rewards, probabilities)
+        self.log_weights = grown - grown.max()  # re-centre: the largest weight is always 1, no overflow
 
 
 class EXP3S(EXP3):
@@ -224,10 +225,10 @@ class EXP3S(EXP3):
         self.alpha = _check_real("alpha", alpha, 0.0, 1.0, lo_open=False)
 
     def _update(self, arms: list[int], rewards: list[float], probabilities: list[float]) -> None:
-        grown = self.log_weights + self.gamma * self._gains(arms, rewards, probabilities) / self.num_arms
+        grown = self.log_weights + self._log_growth(arms, rewards, probabilities)
         if self.alpha > 0:
             log_share = math.log(math.e * self.alpha / self.num_arms) + torch.logsumexp(self.log_weights, 0)
-            grown = torch.logaddexp(grown, log_share.expand_as(grown))
+            grown = torch.logaddexp(grown, log_share)
         self.log_weights = grown - grown.max()
 
 
@@ -380,13 +381,11 @@ def make_bandit(spec: str | BanditPolicy, num_arms: int, **kwargs: Any) -> Bandi
             raise ValueError(f"`bandit` must be one of {sorted(BANDITS)}, got {spec!r}.")
         return BANDITS[key](num_arms, **kwargs)
     if not isinstance(spec, BanditPolicy):
-        raise ValueError(f"`bandit` must be a name or a `BanditPolicy`, got {type(spec).__name__}.")
+        raise TypeError(f"`bandit` must be a name or a `BanditPolicy`, got {type(spec).__name__}.")
     if kwargs:
         raise ValueError(f"Bandit options {sorted(kwargs)} cannot be applied to an already built policy.")
     if spec.num_arms != num_arms:
-        raise ValueError(
-            f"The given bandit has `num_arms`={spec.num_arms} but the pool has `num_arms`={num_arms} clusters."
-        )
+        raise ValueError(f"The given bandit has `num_arms`={spec.num_arms}, expected `num_arms`={num_arms}.")
     return spec
 
 
@@ -394,7 +393,8 @@ class RewardNormalizer:
     r"""Min-max normalisation of raw rewards against every raw reward seen so far.
 
     .. math::
-        \tilde r = \frac{r - \min_h r_h}{\max_h r_h - \min_h r_h}, \qquad \tilde r = 0.5 \text{ when } \max = \min.
+        \tilde r = \frac{r - \min_h r_h}{\max_h r_h - \min_h r_h}
+        \quad (\tilde r = 0.5 \text{ when } \max_h r_h = \min_h r_h).
 
     Example:
         >>> norm = RewardNormalizer()

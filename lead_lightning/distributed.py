@@ -15,14 +15,15 @@ def _normalise(gathered: Tensor, world_size: int) -> Tensor:
     return gathered.unsqueeze(0) if world_size == 1 else gathered
 
 
-def gather_variable(strategy: Any, tensors: list[Tensor]) -> list[Tensor]:
-    """All-gather 1-D CPU tensors whose length differs per rank; returns each concatenated in rank order.
+def gather_variable(strategy: Any, tensors: list[Tensor]) -> tuple[list[Tensor], list[int]]:
+    """All-gather 1-D CPU tensors whose length differs per rank.
 
-    All ``tensors`` must share this rank's length. Identical result on every rank.
+    All ``tensors`` must share this rank's length. Returns each tensor concatenated in rank order and
+    the per-rank lengths; identical on every rank.
     """
     world = int(getattr(strategy, "world_size", 1))
     if world == 1:
-        return tensors
+        return tensors, [tensors[0].numel()]
     device = strategy.root_device
     n = torch.tensor([tensors[0].numel()], device=device)
     lengths = _normalise(strategy.all_gather(n), world).reshape(-1).cpu()
@@ -33,7 +34,7 @@ def gather_variable(strategy: Any, tensors: list[Tensor]) -> list[Tensor]:
         padded[: t.numel()] = t.to(device)
         g = _normalise(strategy.all_gather(padded), world).cpu()
         out.append(torch.cat([g[r, : int(lengths[r])] for r in range(world)]))
-    return out
+    return out, [int(x) for x in lengths.tolist()]
 
 
 def broadcast_tensor(strategy: Any, t: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from lead_lightning import LeadSelectionCallback  # noqa: E402
 
 def state_hash(cb: LeadSelectionCallback) -> str:
     h = hashlib.sha256()
-    for t in (cb.state.idu, cb.state.uses, cb.bandit.probabilities(), cb._sketch_start, cb._coef):
+    for t in (cb.state.idu, cb.state.uses, cb.bandit.probabilities(), cb.selector.sketch_start, cb.selector.coef):
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     h.update(json.dumps([{k: v for k, v in e.items() if k != "round_time_s"} for e in cb.history]).encode())
     return h.hexdigest()

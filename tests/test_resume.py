@@ -55,9 +55,9 @@ def test_resume_from_epoch_end_checkpoint(reference):
     tmp, ref_cb, ref_module = reference
     ckpt = tmp / "epochs" / "epoch=1.ckpt"
     state = torch.load(ckpt, weights_only=True)["callbacks"][ref_cb.state_key]
-    assert state["round"] == 2 and not state["mid_round"]
+    assert state["selector"]["round"] == 2 and not state["mid_round"]
     # the state moved after the checkpoint, so this comparison cannot pass trivially
-    assert not torch.equal(state["idu"]["idu"], ref_cb.state.idu)
+    assert not torch.equal(state["selector"]["idu"]["idu"], ref_cb.state.idu)
     cb, module = _run(tmp / "resume_epoch", ckpt_path=ckpt)
     _assert_same_future(ref_cb, ref_module, cb, module)
 
@@ -71,6 +71,6 @@ def test_resume_from_mid_epoch_checkpoint(reference):
             mids.append((ckpt, state))
     assert mids, "no mid-round checkpoint was written"
     ckpt, state = mids[0]
-    assert 0 < sum(state["consumed"]) < len(state["subset"])
+    assert 0 < sum(state["consumed"]) < len(state["selector"]["subset"])
     cb, module = _run(tmp / "resume_mid", ckpt_path=ckpt)
     _assert_same_future(ref_cb, ref_module, cb, module)
