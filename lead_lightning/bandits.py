@@ -33,6 +33,7 @@ __all__ = [
 class BanditPolicy(Protocol):
     """What the LEAD callback needs from a bandit over ``num_arms`` arms (see the module docstring)."""
 
+    name: str  # short name, used in logs and in the callback's ``state_key``
     num_arms: int
 
     def probabilities(self, mask: Tensor | None = None) -> Tensor: ...
@@ -64,7 +65,7 @@ def _top(scores: Tensor, available: Tensor, n: int) -> list[int]:
 class _Policy:
     """Validation, drawing and state shared by the policies; subclasses hold the maths."""
 
-    name: ClassVar[str]
+    name: str
     _state_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_arms: int) -> None:
@@ -158,7 +159,9 @@ class EXP3(_Policy):
         p_i = (1 - \gamma) \frac{w_i}{\sum_{j \in A} w_j} + \frac{\gamma}{|A|}, \qquad
         w_a \leftarrow w_a \exp\!\Big(\frac{\gamma\, r_a}{K\, p_a}\Big) \text{ for each drawn arm } a,
 
-    over the available arms :math:`A`, with :math:`K` = ``num_arms``. Weights live in log space.
+    over the available arms :math:`A`, with :math:`K` = ``num_arms``. Weights live in log space,
+    re-centred after every update. With several arms per round, :math:`p_a` stays the single-draw
+    probability that ``probabilities`` returned (as in LEAD), not the inclusion probability.
 
     Args:
         num_arms: number of arms ``K`` (clusters), >= 1.

@@ -127,6 +127,29 @@ class LeadSelector:
         self.probs: Tensor | None = None
         self._last_loss: Tensor | None = pool.iu0.clone() if reward == "loss_drop" else None
         self._prev_val: float | None = None
+        self._recount()
+
+    def _recount(self) -> None:
+        """Derived per-cluster counts (O(N)); kept up to date incrementally at each round close."""
+        uses, k = self.state.uses, self.layout.num_clusters
+        cl = self.layout.clusters.to(torch.int64)
+        self._sizes = torch.bincount(cl, minlength=k)
+        self._seen = int((uses > 0).sum())
+        self._exhausted = torch.bincount(cl[uses >= self.max_uses], minlength=k)
+        self._open_seen = torch.bincount(cl[(uses > 0) & (uses < self.max_uses)], minlength=k)
+
+    def _account(self, clusters: Tensor, old: Tensor, new: Tensor) -> None:
+        k, m = self.layout.num_clusters, self.max_uses
+        self._seen += int(((old == 0) & (new > 0)).sum())
+        self._exhausted += torch.bincount(clusters[(old < m) & (new >= m)], minlength=k)
+        self._open_seen += torch.bincount(clusters[(new > 0) & (new < m)], minlength=k)
+        self._open_seen -= torch.bincount(clusters[(old > 0) & (old < m)], minlength=k)
+
+    def available_clusters(self) -> Tensor:
+        """``BoolTensor[K]``: clusters that still hold an eligible example (the bandit's mask)."""
+        if self.budget_left() > 0:
+            return self._sizes - self._exhausted > 0
+        return self._open_seen > 0
 
     # ------------------------------------------------------------------ redraw
     def _generator(self, stream: int) -> torch.Generator:
@@ -134,11 +157,12 @@ class LeadSelector:
 
     def budget_left(self) -> int:
         """Unique examples that may still be added."""
-        return self.budget - int((self.state.uses > 0).sum())
+        return self.budget - self._seen
 
-    def eligible(self) -> Tensor:
-        """``BoolTensor[N]`` of examples that may be drawn now."""
-        return eligible_mask(self.state.uses, self.max_uses, self.budget_left())
+    def eligible(self, ids: Tensor | None = None) -> Tensor:
+        """Eligibility of ``ids`` (default: the whole pool) for the next draw."""
+        uses = self.state.uses if ids is None else self.state.uses[ids]
+        return eligible_mask(uses, self.max_uses, self.budget_left())
 
     def current_subset(self) -> Tensor:
         """This round's selected ids (drawn on first request; identical on every rank)."""
@@ -149,21 +173,26 @@ class LeadSelector:
 
     def draw(self) -> Tensor:
         """Redraw: the bandit picks clusters, then top-IDU per group, budget cap, seeded shuffle."""
-        eligible = self.eligible()
-        counts = torch.bincount(self.layout.clusters.to(torch.int64)[eligible], minlength=self.layout.num_clusters)
-        mask = counts > 0
+        mask = self.available_clusters()
         if self.stop_reason is not None or not bool(mask.any()):
             self.subset, self.arms = torch.empty(0, dtype=torch.int64), []
             return self.subset
         self.probs = self.bandit.probabilities(mask)
         n_arms = min(self.arms_per_round, int(mask.sum()))
         self.arms = [int(a) for a in self.bandit.draw(n_arms, self._generator(0), mask)]
-        scores = self.state.idu
         if self.within_cluster == "random":
-            scores = torch.rand(len(self.state), generator=self._generator(1))
-        budget_left = self.budget_left()
-        chosen = select_in_clusters(self.layout, self.arms, scores, eligible, self.sample_rate, self.examples_per_round)
-        chosen = cap_new_examples(chosen, self.state.uses, scores, budget_left)
+            gen = self._generator(1)
+
+            def scores(ids: Tensor) -> Tensor:
+                return torch.rand(ids.numel(), generator=gen)
+
+            cap_scores = torch.zeros(len(self.state))  # random order already decided; ties by id
+        else:
+            scores = cap_scores = self.state.idu  # type: ignore[assignment]
+        chosen = select_in_clusters(
+            self.layout, self.arms, scores, self.eligible, self.sample_rate, self.examples_per_round
+        )
+        chosen = cap_new_examples(chosen, self.state.uses, cap_scores, self.budget_left())
         if self.shuffle and chosen.numel():
             chosen = chosen[torch.randperm(chosen.numel(), generator=self._generator(2))]
         for a in self.arms:
@@ -197,7 +226,9 @@ class LeadSelector:
         if n_nan:
             recs = RoundRecords(recs.ids[finite], recs.loss[finite], recs.lr[finite])
         clusters = self.layout.clusters[recs.ids].to(torch.int64)
+        old_uses = self.state.uses[recs.ids]
         before, after = self.state.apply(recs, self.coef[clusters], self.history_weight)
+        self._account(clusters, old_uses, self.state.uses[recs.ids])
 
         raw: dict[int, float] = {}
         for a in self.arms:
@@ -229,7 +260,7 @@ class LeadSelector:
             self.u_prev = update
         self.sketch_start = sketch_end
 
-        seen = int((self.state.uses > 0).sum())
+        seen = self._seen
         summary = {
             "round": self.round,
             "arms": list(self.arms),
@@ -244,7 +275,7 @@ class LeadSelector:
             "coef": {int(a): float(self.coef[a]) for a in self.arms},
             "unique_seen": seen,
             "budget_frac": seen / self.budget,
-            "idu_mean_pool": float(self.state.idu.double().mean()),
+            "idu_mean_pool": float(torch.sum(self.state.idu, dtype=torch.float64)) / len(self.state),
             "idu_mean_selected": float(after.double().mean()) if after.numel() else math.nan,
             "nan_skipped": n_nan,
         }
@@ -259,7 +290,7 @@ class LeadSelector:
             return f"max_rounds={self.max_rounds} reached"
         if self.stop_on_budget and self.budget_left() <= 0:
             return f"budget of {self.budget} unique examples spent (stop_on_budget=True)"
-        if not bool(self.eligible().any()):
+        if not bool(self.available_clusters().any()):
             return f"no eligible example left (budget {self.budget} unique, max_uses={self.max_uses})"
         return None
 
@@ -310,3 +341,4 @@ class LeadSelector:
         self.subset = None if s.get("subset") is None else s["subset"].clone()
         self.arms = list(s.get("arms", []))
         self.probs = s.get("probs")
+        self._recount()

@@ -7,7 +7,7 @@ a million-example pool takes milliseconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -101,8 +101,8 @@ def per_group_quota(group_sizes: Tensor, sample_rate: float | None, examples: in
 def select_in_clusters(
     layout: ClusterLayout,
     arms: Sequence[int],
-    scores: Tensor,
-    eligible: Tensor,
+    scores: Tensor | Callable[[Tensor], Tensor],
+    eligible: Tensor | Callable[[Tensor], Tensor],
     sample_rate: float | None,
     examples: int | None = None,
 ) -> Tensor:
@@ -110,6 +110,11 @@ def select_in_clusters(
 
     Ties are broken by id (lower first). Quotas come from :func:`per_group_quota` over the groups'
     full sizes inside the chosen clusters; a group with fewer eligible examples gives what it has.
+    Only the chosen clusters are touched, so the cost is O(size of the chosen clusters).
+
+    Args:
+        scores: ``Tensor[N]``, or a function from the chosen clusters' ids to their scores.
+        eligible: ``BoolTensor[N]``, or a function from the chosen clusters' ids to their eligibility.
 
     Returns:
         Selected ids (int64), ordered by cluster, group, then score descending.
@@ -117,21 +122,39 @@ def select_in_clusters(
     seg_ids = torch.cat([layout.ids_of(a) for a in arms]) if arms else torch.empty(0, dtype=torch.int64)
     if seg_ids.numel() == 0:
         return seg_ids
-    cl = layout.clusters[seg_ids].to(torch.int64)
-    gr = layout.groups[seg_ids].to(torch.int64)
-    # one stratum per (cluster, group); segments are contiguous and already in (cluster, group, id) order
-    stratum_key = cl * (int(layout.groups.max()) + 1) + gr
-    _, counts = torch.unique_consecutive(stratum_key, return_counts=True)
-    quota = per_group_quota(counts, sample_rate, examples)
-    key = torch.where(eligible[seg_ids], scores[seg_ids].to(torch.float64), float("-inf"))
-    # sort by score descending inside each stratum; stable sorts keep ids ascending among ties
-    by_score = torch.sort(-key, stable=True).indices
-    stratum_of = torch.repeat_interleave(torch.arange(counts.numel()), counts)
-    perm = by_score[torch.sort(stratum_of[by_score], stable=True).indices]
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(seg_ids.numel()) - torch.repeat_interleave(starts, counts)
-    take = (pos < torch.repeat_interleave(quota, counts)) & torch.isfinite(key[perm])
-    return seg_ids[perm[take]]
+    ok = eligible(seg_ids) if callable(eligible) else eligible[seg_ids]
+    val = scores(seg_ids) if callable(scores) else scores[seg_ids]
+    key = torch.where(ok, val.float(), float("-inf"))
+    # strata = (cluster, group) runs; segments are contiguous and already in (cluster, group, id) order
+    gr = layout.groups[seg_ids]
+    bounds = [0]
+    for a in arms:
+        n_a = int(layout.offsets[a + 1] - layout.offsets[a])
+        start = bounds[-1]
+        _, counts = torch.unique_consecutive(gr[start : start + n_a], return_counts=True)
+        bounds.extend((start + torch.cumsum(counts, 0)).tolist())
+    sizes = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)], dtype=torch.int64)
+    quota = per_group_quota(sizes, sample_rate, examples).tolist()
+    picked = []
+    for (lo, hi), q in zip(zip(bounds[:-1], bounds[1:], strict=True), quota, strict=True):
+        if q > 0:
+            picked.append(lo + _top_k_ties_by_position(key[lo:hi], q, int(ok[lo:hi].sum())))
+    return seg_ids[torch.cat(picked)] if picked else seg_ids[:0]
+
+
+def _top_k_ties_by_position(key: Tensor, k: int, n_ok: int) -> Tensor:
+    """Positions of the ``k`` largest finite keys, ordered by key descending, ties by position."""
+    k = min(k, n_ok)
+    if k == 0:
+        return torch.empty(0, dtype=torch.int64)
+    vals, pos = torch.topk(key, k, sorted=False)
+    thr = vals.min()
+    if int((key == thr).sum()) != int((vals == thr).sum()):
+        # the k-th value is tied with examples left out: take the tied ones with the lowest positions
+        above = torch.nonzero(key > thr).flatten()
+        pos = torch.cat([above, torch.nonzero(key == thr).flatten()[: k - above.numel()]])
+    pos = torch.sort(pos).values  # ascending position (= id within a stratum)
+    return pos[torch.sort(-key[pos], stable=True).indices]  # key descending, ties keep position order
 
 
 def cap_new_examples(selected: Tensor, uses: Tensor, scores: Tensor, budget_left: int) -> Tensor:

@@ -144,7 +144,9 @@ class InstructionCollator:
         pad_to_multiple_of: round the padded length up to a multiple of this.
 
     Attributes:
-        stats: :class:`TruncationStats` accumulated over every call in this process.
+        stats: :class:`TruncationStats` accumulated over every call in this process (each DataLoader
+            worker counts its own copy; :meth:`InstructionDataset.truncation_report` gives pool-wide
+            counts up front).
 
     Example:
         >>> from lead_lightning.models import train_bpe_tokenizer

@@ -83,7 +83,8 @@ class InstructionDataModule(pl.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-        self.save_hyperparameters(ignore=["train_records", "val_records", "tokenizer"])
+        self.save_hyperparameters(ignore=["train_records", "val_records", "tokenizer", "template"])
+        self.hparams["template"] = get_template(template).name  # a plain str: weights_only-safe
         self.train_records = train_records
         self.val_records = val_records
         self.tokenizer = tokenizer
@@ -119,7 +120,9 @@ class InstructionDataModule(pl.LightningDataModule):
             self.excluded_ids = self._check_lengths(self.train_dataset, "train")
             self.truncation_report = self.train_dataset.truncation_report()
         if self.val_records is not None and self.val_dataset is None:
-            self.val_dataset = InstructionDataset(self.val_records, self.tokenizer, self.template, self.max_length)
+            self.val_dataset = InstructionDataset(
+                self.val_records, self.tokenizer, self.template, self.max_length
+            )
             self._check_lengths(self.val_dataset, "val")
 
     def _check_lengths(self, dataset: InstructionDataset, split: str) -> Tensor:
@@ -151,12 +154,19 @@ class InstructionDataModule(pl.LightningDataModule):
         """The pool, in :attr:`train_sampler` order when set, else shuffled (seeded)."""
         if self.train_sampler is not None:
             return self._loader(
-                self.train_dataset, "train", batch_size=self.batch_size, sampler=self.train_sampler,
+                self.train_dataset,
+                "train",
+                batch_size=self.batch_size,
+                sampler=self.train_sampler,
                 collate_fn=self.collator,
             )
         generator = torch.Generator().manual_seed(self.seed)
         return self._loader(
-            self.train_dataset, "train", batch_size=self.batch_size, shuffle=True, generator=generator,
+            self.train_dataset,
+            "train",
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
             collate_fn=self.collator,
         )
 
@@ -176,6 +186,8 @@ class InstructionDataModule(pl.LightningDataModule):
             SequentialSampler(self.train_dataset), self.eval_batch_size, lengths=self.train_dataset.lengths
         )
         return self._loader(
-            self.train_dataset, "predict", batch_sampler=batch_sampler,
+            self.train_dataset,
+            "predict",
+            batch_sampler=batch_sampler,
             collate_fn=self._collator(response_only=True),
         )

@@ -68,13 +68,17 @@ class InstructionRecord:
         if self.messages is not None:
             msgs = tuple(_check_messages(self.messages))
             if msgs[-1]["content"] != self.response:
-                raise ValueError("`response` must equal the content of the last message (the assistant reply)")
+                raise ValueError(
+                    "`response` must equal the content of the last message (the assistant reply)"
+                )
             object.__setattr__(self, "messages", msgs)
 
 
 def _check_messages(messages: Any) -> list[dict[str, str]]:
     if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
-        raise ValueError(f"`messages` must be a non-empty list of {{role, content}} objects, got {messages!r:.80}")
+        raise ValueError(
+            f"`messages` must be a non-empty list of {{role, content}} objects, got {messages!r:.80}"
+        )
     out = []
     for i, turn in enumerate(messages):
         if not isinstance(turn, Mapping):
@@ -86,7 +90,9 @@ def _check_messages(messages: Any) -> list[dict[str, str]]:
         if role not in _ROLES:
             raise ValueError(f"messages[{i}]: unknown role {role!r}; allowed: {list(_ROLES)}")
         if not isinstance(content, str):
-            raise ValueError(f"messages[{i}]: `content` must be a string, got {type(content).__name__}: {content!r:.80}")
+            raise ValueError(
+                f"messages[{i}]: `content` must be a string, got {type(content).__name__}: {content!r:.80}"
+            )
         out.append({"role": role, "content": content})
     if out[-1]["role"] != "assistant":
         raise ValueError(
@@ -100,7 +106,9 @@ def _check_messages(messages: Any) -> list[dict[str, str]]:
 def _record_from_messages(messages: Any, group: str) -> InstructionRecord:
     msgs = _check_messages(messages)
     last_user = next(t["content"] for t in reversed(msgs[:-1]) if t["role"] == "user")
-    return InstructionRecord(prompt=last_user, response=msgs[-1]["content"], group=group, messages=tuple(msgs))
+    return InstructionRecord(
+        prompt=last_user, response=msgs[-1]["content"], group=group, messages=tuple(msgs)
+    )
 
 
 def _at(where: str, build: Callable[[], InstructionRecord]) -> InstructionRecord:
@@ -118,7 +126,9 @@ def _field(row: Mapping[str, Any], name: str, where: str, allow_missing: bool = 
         raise ValueError(f"{where}: missing field `{name}` (found fields: {sorted(row)})")
     value = row[name]
     if not isinstance(value, str):
-        raise ValueError(f"{where}: field `{name}` must be a string, got {type(value).__name__}: {value!r:.80}")
+        raise ValueError(
+            f"{where}: field `{name}` must be a string, got {type(value).__name__}: {value!r:.80}"
+        )
     return value
 
 

@@ -115,6 +115,4 @@ def get_template(template: str | PromptTemplate) -> PromptTemplate:
     try:
         return TEMPLATES[template]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown `template` {template!r}; known templates: {sorted(TEMPLATES)}."
-        ) from None
+        raise ValueError(f"Unknown `template` {template!r}; known templates: {sorted(TEMPLATES)}.") from None

@@ -25,7 +25,13 @@ def _llama_like(vocab_size: int, hidden: int, layers: int, heads: int, max_posit
 
 
 def _gpt2(vocab_size: int, hidden: int, layers: int, heads: int, max_position: int) -> dict[str, Any]:
-    return {"vocab_size": vocab_size, "n_embd": hidden, "n_layer": layers, "n_head": heads, "n_positions": max_position}
+    return {
+        "vocab_size": vocab_size,
+        "n_embd": hidden,
+        "n_layer": layers,
+        "n_head": heads,
+        "n_positions": max_position,
+    }
 
 
 TINY_ARCHS = {"llama": _llama_like, "qwen2": _llama_like, "mistral": _llama_like, "gpt2": _gpt2}

@@ -40,11 +40,13 @@ class LoraSettings:
     """
 
     r: int = field(default=8, metadata={"help": "Rank of the LoRA update matrices."})
-    alpha: float = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch input."})
     target_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "Module names to adapt, e.g. ['q_proj', 'v_proj']; None: PEFT's default for the architecture."},
+        metadata={
+            "help": "Module names to adapt, e.g. ['q_proj', 'v_proj']; None: PEFT's default for the architecture."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -161,24 +163,25 @@ class CausalLMModule(pl.LightningModule):
         if isinstance(lora, Mapping):
             lora = LoraSettings(**lora)
         elif lora is not None and not isinstance(lora, LoraSettings):
-            raise ValueError(f"`lora` must be a LoraSettings, a dict of its fields or None, got {type(lora).__name__}.")
+            raise ValueError(
+                f"`lora` must be a LoraSettings, a dict of its fields or None, got {type(lora).__name__}."
+            )
         self.save_hyperparameters(ignore=["model", "lora"])
         self.hparams["lora"] = asdict(lora) if lora is not None else None  # plain dict: weights_only-safe
         self.lora = lora
 
-        if not isinstance(model, torch.nn.Module):
-            model = model()
+        net: torch.nn.Module = model if isinstance(model, torch.nn.Module) else model()
         if lora is not None:
             from peft import get_peft_model
 
-            model = get_peft_model(model, lora.to_peft())
-        self.model = model
+            net = get_peft_model(net, lora.to_peft())  # type: ignore[arg-type]
+        self.model: torch.nn.Module = net
 
     # ------------------------------------------------------------------ steps
     def forward(self, batch: Mapping[str, Tensor]) -> LMLosses:
         """One forward pass (model inputs only, no labels to HF) and both loss reductions."""
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-        logits = self.model(**inputs, use_cache=False).logits
+        logits: Tensor = self.model(**inputs, use_cache=False).logits
         return lm_losses(logits, batch["labels"])
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
@@ -202,24 +205,26 @@ class CausalLMModule(pl.LightningModule):
         if not params:
             raise ValueError("The model has no trainable parameter.")
         groups = [
-            {"params": [p for _, p in params if p.ndim >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for _, p in params if p.ndim >= 2], "weight_decay": hp["weight_decay"]},
             {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW(
-            [g for g in groups if g["params"]], lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps
+            [g for g in groups if g["params"]], lr=hp["lr"], betas=tuple(hp["betas"]), eps=hp["eps"]
         )
-        total = hp.total_steps
-        if hp.scheduler == "cosine" and total is None:
+        total = hp["total_steps"]
+        if hp["scheduler"] == "cosine" and total is None:
             total = self.trainer.estimated_stepping_batches
             if not math.isfinite(total):
-                raise ValueError("The cosine schedule needs a finite length: set `total_steps` or `max_steps`.")
+                raise ValueError(
+                    "The cosine schedule needs a finite length: set `total_steps` or `max_steps`."
+                )
         fn = partial(
             lr_multiplier,
-            schedule=hp.scheduler,
+            schedule=hp["scheduler"],
             total_steps=int(total) if total is not None else None,
-            warmup_steps=hp.warmup_steps,
-            decay=hp.decay,
-            decay_every=hp.decay_every,
+            warmup_steps=hp["warmup_steps"],
+            decay=hp["decay"],
+            decay_every=hp["decay_every"],
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -238,5 +243,5 @@ class CausalLMModule(pl.LightningModule):
         """
         path = Path(save_dir)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(path))
+        self.model.save_pretrained(str(path))  # type: ignore[operator]
         return path

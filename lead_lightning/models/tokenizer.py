@@ -42,7 +42,9 @@ def train_bpe_tokenizer(
     specials = [PAD_TOKEN, EOS_TOKEN, *CHAT_SPECIAL_TOKENS]
     floor = len(specials) + 256
     if vocab_size < floor:
-        raise ValueError(f"`vocab_size` must be >= {floor} (256 bytes + {len(specials)} special tokens), got {vocab_size}.")
+        raise ValueError(
+            f"`vocab_size` must be >= {floor} (256 bytes + {len(specials)} special tokens), got {vocab_size}."
+        )
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

@@ -1,0 +1,19 @@
+"""Shared, session-scoped fixtures: a small generated pool and a BPE tokenizer trained on it offline."""
+
+from __future__ import annotations
+
+import pytest
+
+from lead_lightning.data import InstructionRecord, generate_pool
+from lead_lightning.models import train_bpe_tokenizer
+
+
+@pytest.fixture(scope="session")
+def small_pool() -> list[InstructionRecord]:
+    return generate_pool(120, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(small_pool):
+    texts = [r.prompt for r in small_pool] + [r.response for r in small_pool]
+    return train_bpe_tokenizer(texts, vocab_size=400)
