@@ -26,7 +26,10 @@ _OPTIONAL_INT = ("n_response_tokens",)
 
 def _as_1d(name: str, values: Any) -> np.ndarray:
     if isinstance(values, Tensor):
-        values = values.detach().cpu().numpy()
+        values = values.detach().cpu()
+        if values.dtype in (torch.bfloat16, torch.float16):
+            values = values.float()
+        values = values.numpy()
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise ValueError(f"`{name}` must be one-dimensional (one value per example), got shape {arr.shape}.")
@@ -98,7 +101,7 @@ class PoolIndex:
             idx = np.flatnonzero(bad)
             raise ValueError(
                 f"`iu0` must be finite and >= 0 (it is a loss); {len(idx)} bad value(s), first at id"
-                f" {int(idx[0])}: {u[idx[0]]!r}."
+                f" {int(idx[0])}: {float(u[idx[0]])!r}."
             )
 
         if g_arr is None:

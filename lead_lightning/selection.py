@@ -87,14 +87,12 @@ def per_group_quota(group_sizes: Tensor, sample_rate: float | None, examples: in
     e = min(examples, total)
     if total == 0:
         return torch.zeros_like(group_sizes)
-    exact = group_sizes.to(torch.float64) * e / total
-    quota = torch.floor(exact).to(torch.int64)
-    rem = e - int(quota.sum())
-    if rem > 0:
-        frac = exact - quota.to(torch.float64)
-        # largest fractional part first, ties by group index (stable)
-        order = torch.sort(-frac, stable=True).indices[:rem]
-        quota[order] += 1
+    prod = group_sizes.to(torch.int64) * e  # exact integer shares: no float rounding noise
+    quota, rem = prod // total, prod % total
+    spare = e - int(quota.sum())
+    if spare > 0:
+        # largest remainder first, ties by group index (stable)
+        quota[torch.sort(-rem, stable=True).indices[:spare]] += 1
     return quota.clamp_max(group_sizes)
 
 
@@ -171,8 +169,9 @@ def cap_new_examples(selected: Tensor, uses: Tensor, scores: Tensor, budget_left
     if n_new <= budget_left:
         return selected
     new_ids = selected[new]
-    s = scores[new_ids].to(torch.float64)
-    keep_order = torch.sort(-s, stable=True).indices[: max(budget_left, 0)]
+    by_id = torch.sort(new_ids).indices  # ties broken by id, not by position in `selected`
+    s = scores[new_ids[by_id]].to(torch.float64)
+    keep_order = by_id[torch.sort(-s, stable=True).indices[: max(budget_left, 0)]]
     keep = torch.zeros(selected.numel(), dtype=torch.bool)
     keep[~new] = True
     keep[torch.nonzero(new).flatten()[keep_order]] = True

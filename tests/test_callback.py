@@ -47,7 +47,7 @@ def test_every_selected_example_trained_exactly_once_per_round(tmp_path, accumul
     trainer.fit(ToyModule(), ToyDataModule(ds, batch_size=7))
     sizes = [len(s) for s in rec.subsets]
     assert len(set(sizes)) > 1, "the test needs rounds of different sizes"
-    for subset, trained, nb in zip(rec.subsets, rec.trained, rec.num_batches):
+    for subset, trained, nb in zip(rec.subsets, rec.trained, rec.num_batches, strict=False):
         assert sorted(trained) == sorted(subset)  # each selected example once, nothing else
         assert nb == -(-len(subset) // 7)  # the fit loop saw this round's length, not a stale one
     assert [h["n_selected"] for h in cb.history] == sizes
@@ -69,7 +69,7 @@ def test_idu_updated_with_formula_and_rewards_move_bandit(tmp_path):
 
     class LossSpy(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: ANN001
-            for i, v in zip(batch["ids"].tolist(), outputs["per_example_loss"].tolist()):
+            for i, v in zip(batch["ids"].tolist(), outputs["per_example_loss"].tolist(), strict=False):
                 losses[i] = v
 
     trainer = make_trainer(tmp_path, [cb, rec, LossSpy()], max_epochs=1)

@@ -24,7 +24,7 @@ def test_ddp_ranks_agree_and_updates_land_once(tmp_path):
     r0, r1 = ranks[0]["rounds"], ranks[1]["rounds"]
     assert len(r0) == len(r1) == 5
     uses = 0
-    for a, b in zip(r0, r1):
+    for a, b in zip(r0, r1, strict=False):
         assert a["subset"] == b["subset"]  # all ranks drew the same subset
         assert a["hash"] == b["hash"]  # identical selection state after the exchange, despite skewed losses
         trained = a["trained"] + b["trained"]
@@ -32,6 +32,6 @@ def test_ddp_ranks_agree_and_updates_land_once(tmp_path):
         assert not set(a["trained"]) & set(b["trained"]) or len(trained) > len(a["subset"])
         uses += len(set(a["subset"]))
         assert a["uses_sum"] == uses  # padding duplicates counted once
-    assert any(len(a["trained"] + b["trained"]) > len(a["subset"]) for a, b in zip(r0, r1)), (
+    assert any(len(a["trained"] + b["trained"]) > len(a["subset"]) for a, b in zip(r0, r1, strict=False)), (
         "the test needs a round with an odd subset so the sampler pads"
     )

@@ -94,13 +94,14 @@ def test_validation_errors(kwargs, match):
         PoolIndex(**kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cosmetic: the `iu0` message formats a numpy scalar with !r, printing `np.float64(nan)` under numpy 2",
-)
 def test_iu0_error_prints_a_plain_number():
     with pytest.raises(ValueError, match=r"first at id 0: nan\.$"):
         PoolIndex(clusters=[0, 1], iu0=[float("nan"), 1.0])
+
+
+def test_bfloat16_tensor_input():
+    pool = PoolIndex(clusters=torch.tensor([0, 1]), iu0=torch.tensor([1.0, 2.5]).bfloat16())
+    assert pool.iu0.tolist() == [1.0, 2.5]
 
 
 def test_too_many_clusters():

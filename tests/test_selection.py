@@ -131,11 +131,6 @@ def test_per_group_quota_absolute_examples():
     assert per_group_quota(torch.tensor([0, 0]), None, 3).tolist() == [0, 0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="per_group_quota breaks equal remainders by float rounding noise, not by group index:"
-    " 4*7/21 - 1 = 0.33333333333333326 < 1*7/21 = 0.3333333333333333, so group 1 gets the extra unit",
-)
 def test_per_group_quota_equal_remainders_go_to_the_lower_group():
     # exact shares 4/3, 1/3, 16/3: every remainder is 1/3, one unit left -> group 0 (lowest index)
     assert ref_quota([4, 1, 16], None, 7) == [2, 0, 5]
@@ -183,6 +178,33 @@ def test_select_in_clusters_matches_reference_examples(arms, examples):
         layout, scores, eligible = as_tensors(*pool)
         got = select_in_clusters(layout, arms, scores, eligible, sample_rate=None, examples=examples)
         assert got.tolist() == ref_select(*pool[:2], arms, *pool[2:], sample_rate=None, examples=examples)
+
+
+@pytest.mark.parametrize(("sample_rate", "examples"), [(0.05, None), (0.5, None), (None, 77)])
+def test_select_in_clusters_large_strata_with_ties_at_the_cut(sample_rate, examples):
+    """Strata of ~100 with 11 distinct scores: the k-th score is almost always tied with left-out ids."""
+    pool = random_pool(9, n=2000, k=4, g=5, p_eligible=0.8)
+    layout, scores, eligible = as_tensors(*pool)
+    for arms in ([2], [3, 1], [0, 1, 2, 3]):
+        got = select_in_clusters(layout, arms, scores, eligible, sample_rate, examples)
+        assert got.tolist() == ref_select(*pool[:2], arms, *pool[2:], sample_rate=sample_rate, examples=examples)
+
+
+@pytest.mark.parametrize("arms", ARMS_SETS[2:])
+def test_select_in_clusters_accepts_callables(arms):
+    """`scores` / `eligible` may be functions of the chosen clusters' ids (only those are evaluated)."""
+    pool = random_pool(4)
+    layout, scores, eligible = as_tensors(*pool)
+    asked = []
+
+    def score_fn(ids):
+        asked.append(ids.clone())
+        return scores[ids]
+
+    got = select_in_clusters(layout, arms, score_fn, lambda ids: eligible[ids], sample_rate=0.3)
+    assert got.tolist() == select_in_clusters(layout, arms, scores, eligible, sample_rate=0.3).tolist()
+    assert got.tolist() == ref_select(*pool[:2], arms, *pool[2:], sample_rate=0.3)
+    assert len(asked) == 1 and set(asked[0].tolist()) == {i for i, c in enumerate(pool[0]) if c in arms}
 
 
 def test_select_in_clusters_ties_broken_by_lower_id():
@@ -254,11 +276,6 @@ def test_cap_new_examples_keeps_everything_within_budget():
     assert cap_new_examples(sel, uses, torch.ones(5), budget_left=0).tolist() == [2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cap_new_examples breaks score ties by position in `selected` (cluster/group order), not by id"
-    " as its docstring and LEAD_METHOD.md section 4 say",
-)
 def test_cap_new_examples_ties_broken_by_id():
     # `selected` comes from select_in_clusters: cluster order, so id 5 (cluster 0) precedes id 2 (cluster 1)
     sel = torch.tensor([5, 2])
