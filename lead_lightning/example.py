@@ -39,7 +39,8 @@ def score_iu0(module: CausalLMModule, loader: DataLoader, n: int) -> torch.Tenso
     return iu0
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
+    """Run the example; returns the round history and the family names."""
     ap = argparse.ArgumentParser(description="LEAD on a generated pool with a tiny LoRA causal LM (CPU).")
     ap.add_argument("--pool-size", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=8)
@@ -87,6 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
     print("selected share per family:", {f: round(share[f] / total, 3) for f in families})
     print(f"stop reason: {lead.stop_reason}; wall time {time.perf_counter() - t0:.1f} s")
     return {"history": lead.history, "families": families}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point ``lead-example``."""
+    run(argv)
 
 
 if __name__ == "__main__":
