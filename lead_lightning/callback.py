@@ -234,6 +234,11 @@ class LeadSelectionCallback(Callback):
             raise ValueError(f"Batch holds duplicated ids: {ids.tolist()[:16]}. Each example must appear once.")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.selector.subset is None:
+            return  # this round was already closed when its checkpoint was loaded
+        self._close_round(trainer, pl_module)
+
+    def _close_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         sel = self.selector
         records = self.state.carried.cat(self._gather_records(trainer))
         self.state.carried = RoundRecords.empty()
@@ -336,7 +341,15 @@ class LeadSelectionCallback(Callback):
                 )
             self.state.carried = RoundRecords.from_dict(s["carried"])
             self._consumed = consumed
-            self.sampler.skip_next(consumed[self._trainer.global_rank if self._trainer is not None else 0])
+            shard = -(-len(self.selector.current_subset()) // world)
+            self._round_t0 = time.perf_counter()
+            if self._trainer is not None and min(consumed) >= shard:
+                # Saved after the round's last batch but before its epoch end: Lightning resumes into the
+                # next epoch without calling `on_train_epoch_end`, so the round is closed here (the
+                # restored weights are the round-end weights).
+                self._close_round(self._trainer, self._trainer.lightning_module)
+            else:
+                self.sampler.skip_next(consumed[self._trainer.global_rank if self._trainer is not None else 0])
         else:
             self.selector.subset = None
             self.state.carried = RoundRecords.empty()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _toy import ToyDataModule, ToyDataset, ToyModule  # noqa: E402
@@ -48,6 +49,8 @@ class Spy(pl.Callback):
         self.rounds.append({"subset": self.lead.current_subset().tolist(), "trained": []})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: ANN001
+        if not self.rounds:  # resumed mid-round: on_train_epoch_start is not called again
+            self.rounds.append({"subset": self.lead.current_subset().tolist(), "trained": []})
         self.rounds[-1]["trained"].extend(batch["ids"].tolist())
 
     def on_train_epoch_end(self, trainer, pl_module):  # noqa: ANN001
@@ -55,19 +58,25 @@ class Spy(pl.Callback):
         self.rounds[-1]["uses_sum"] = int(self.lead.state.uses.sum())
 
 
-def main(out: Path) -> None:
+def main(out: Path, mode: str = "agree", ckpt: str | None = None) -> None:
+    """`agree`: 5 rounds, report per round. `save`: also write step checkpoints. `resume`: from `ckpt`."""
     pl.seed_everything(0)
     ds = ToyDataset(n=200)
     cb = LeadSelectionCallback(ds.pool(), budget=0.6, sample_rate=13, seed=11)
     spy = Spy(cb)
+    callbacks: list[pl.Callback] = [cb, spy]
+    if mode == "save":
+        callbacks.append(ModelCheckpoint(out / "ckpt", filename="{step}", every_n_train_steps=5, save_top_k=-1,
+                                         save_on_train_epoch_end=False))
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=5, callbacks=[cb, spy], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu", devices=2, strategy="ddp", max_epochs=5, callbacks=callbacks, logger=False,
+        enable_checkpointing=mode == "save", enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=str(out),
     )
-    trainer.fit(RankSkewedModule(), ToyDataModule(ds, batch_size=4))
+    trainer.fit(RankSkewedModule(), ToyDataModule(ds, batch_size=4), ckpt_path=ckpt)
     rank = trainer.global_rank
-    (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "rounds": spy.rounds}))
+    result = {"rank": rank, "rounds": spy.rounds, "final_hash": state_hash(cb)}
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
     trainer.strategy.barrier()
     # Tear the process group down before the interpreter exits, then leave without running the
     # interpreter's finalisers: a gloo process group torn down during interpreter shutdown
@@ -80,4 +89,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:])

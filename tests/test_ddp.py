@@ -4,23 +4,36 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
 
-def test_ddp_ranks_agree_and_updates_land_once(tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+def _launch(out: Path, *args: str) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MASTER_PORT": str(_free_port())}
     script = Path(__file__).with_name("ddp_script.py")
     proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(script), str(out), *args], env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_ddp_ranks_agree_and_updates_land_once(tmp_path):
+    ranks = _launch(tmp_path)
     r0, r1 = ranks[0]["rounds"], ranks[1]["rounds"]
     assert len(r0) == len(r1) == 5
     uses = 0
@@ -35,3 +48,21 @@ def test_ddp_ranks_agree_and_updates_land_once(tmp_path):
     assert any(len(a["trained"] + b["trained"]) > len(a["subset"]) for a, b in zip(r0, r1, strict=False)), (
         "the test needs a round with an odd subset so the sampler pads"
     )
+
+
+def test_ddp_mid_round_resume_matches_uninterrupted_run(tmp_path):
+    """Resume under DDP from a mid-round checkpoint and from one taken after a round's last batch."""
+    full = _launch(tmp_path / "full", "save")
+    assert full[0]["final_hash"] == full[1]["final_hash"]
+    ckpts = []
+    for ckpt in (tmp_path / "full" / "ckpt").glob("*.ckpt"):
+        state = next(v for k, v in torch.load(ckpt, weights_only=True)["callbacks"].items() if "Lead" in k)
+        assert state["mid_round"]
+        # rank 0's checkpoint holds both ranks' records of the unfinished round
+        assert len(state["consumed"]) == 2 and all(c > 0 for c in state["consumed"])
+        assert len(state["carried"]["ids"]) == sum(state["consumed"])
+        ckpts.append((ckpt, sum(state["consumed"]) >= len(state["selector"]["subset"])))
+    assert {done for _, done in ckpts} == {False, True}, "need a partial and a finished round"
+    for i, (ckpt, _) in enumerate(ckpts):
+        resumed = _launch(tmp_path / f"resume{i}", "resume", str(ckpt))
+        assert resumed[0]["final_hash"] == resumed[1]["final_hash"] == full[0]["final_hash"], ckpt.name

@@ -62,15 +62,28 @@ def test_resume_from_epoch_end_checkpoint(reference):
     _assert_same_future(ref_cb, ref_module, cb, module)
 
 
-def test_resume_from_mid_epoch_checkpoint(reference):
+def _step_checkpoints(tmp, key):  # noqa: ANN001
+    out = []
+    for ckpt in (tmp / "steps").glob("*.ckpt"):
+        state = torch.load(ckpt, weights_only=True)["callbacks"][key]
+        if state["mid_round"]:
+            n_subset = len(state["selector"]["subset"])
+            out.append((ckpt, sum(state["consumed"]) >= n_subset))
+    return out
+
+
+def test_step_checkpoints_cover_partial_and_finished_rounds(reference):
+    tmp, ref_cb, _ = reference
+    kinds = {done for _, done in _step_checkpoints(tmp, ref_cb.state_key)}
+    assert kinds == {False, True}
+
+
+@pytest.mark.slow
+def test_resume_from_every_mid_epoch_checkpoint(reference):
+    """Every step checkpoint: mid-round, and after a round's last batch but before its epoch end."""
     tmp, ref_cb, ref_module = reference
-    mids = []
-    for ckpt in sorted((tmp / "steps").glob("*.ckpt")):
-        state = torch.load(ckpt, weights_only=True)["callbacks"][ref_cb.state_key]
-        if state["mid_round"] and len(state["carried"]["ids"]) > 0:
-            mids.append((ckpt, state))
-    assert mids, "no mid-round checkpoint was written"
-    ckpt, state = mids[0]
-    assert 0 < sum(state["consumed"]) < len(state["selector"]["subset"])
-    cb, module = _run(tmp / "resume_mid", ckpt_path=ckpt)
-    _assert_same_future(ref_cb, ref_module, cb, module)
+    ckpts = _step_checkpoints(tmp, ref_cb.state_key)
+    assert len(ckpts) >= 5
+    for i, (ckpt, _) in enumerate(ckpts):
+        cb, module = _run(tmp / f"resume_{i}", ckpt_path=ckpt)
+        _assert_same_future(ref_cb, ref_module, cb, module)

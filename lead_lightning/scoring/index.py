@@ -1,0 +1,48 @@
+"""Turn offline scores and clusters into the :class:`~lead_lightning.pool.PoolIndex` file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lead_lightning.pool import PoolIndex
+
+__all__ = ["build_pool_index", "write_pool_index"]
+
+
+def build_pool_index(
+    scores: Mapping[str, Tensor],
+    clusters: Sequence[int] | np.ndarray | Tensor,
+    groups: Sequence[Any] | np.ndarray | Tensor | None = None,
+) -> PoolIndex:
+    """A :class:`PoolIndex` from :func:`score_pool`'s output (ordered by id) and cluster/group columns.
+
+    ``iu0``, ``ifd`` and ``n_response_tokens`` are taken from ``scores``; an unscored example (``nan``
+    iu0, e.g. one the datamodule excluded) is an error from :class:`PoolIndex` naming its id.
+    """
+    ids = scores["ids"]
+    if not torch.equal(ids.cpu(), torch.arange(len(ids))):
+        raise ValueError("`scores` must be ordered by id 0..N-1 (as `score_pool` returns them).")
+    return PoolIndex(
+        clusters=clusters,
+        iu0=scores["iu0"],
+        groups=groups,
+        ifd=scores.get("ifd"),
+        n_response_tokens=scores.get("n_response_tokens"),
+    )
+
+
+def write_pool_index(
+    path: str | PathLike[str],
+    scores: Mapping[str, Tensor],
+    clusters: Sequence[int] | np.ndarray | Tensor,
+    groups: Sequence[Any] | np.ndarray | Tensor | None = None,
+) -> Path:
+    """Build the pool index and save it as parquet (``PoolIndex.load`` reads it back)."""
+    return build_pool_index(scores, clusters, groups).save(path)

@@ -1,0 +1,188 @@
+"""Offline scoring (iu0, IFD, shards, resume), clustering and the pool index file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lead_lightning.data import InstructionDataModule
+from lead_lightning.models import CausalLMModule, tiny_causal_lm
+from lead_lightning.pool import PoolIndex
+from lead_lightning.scoring import (
+    ScoringModule,
+    build_pool_index,
+    cluster_embeddings,
+    cluster_ifd,
+    cluster_labels,
+    merge_scores,
+    score_pool,
+    write_pool_index,
+)
+
+N = 60
+TRAINER = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
+
+
+@pytest.fixture(scope="module")
+def records(small_pool):  # noqa: ANN001, ANN201
+    return small_pool[:N]
+
+
+@pytest.fixture(scope="module")
+def lm(tokenizer):  # noqa: ANN001, ANN201
+    return CausalLMModule(tiny_causal_lm(len(tokenizer), hidden_size=32, num_layers=1, num_heads=2, seed=0)).eval()
+
+
+def _dm(records, tokenizer):  # noqa: ANN001, ANN202
+    dm = InstructionDataModule(records, tokenizer, max_length=96, batch_size=8, eval_batch_size=8)
+    dm.setup("predict")
+    return dm
+
+
+@pytest.fixture(scope="module")
+def full_scores(records, tokenizer, lm):  # noqa: ANN001, ANN201
+    return score_pool(ScoringModule(lm, embed=True), _dm(records, tokenizer), TRAINER)
+
+
+def test_iu0_matches_reference(records, tokenizer, lm):  # noqa: ANN001
+    dm = _dm(records, tokenizer)
+    batch = next(iter(dm.predict_dataloader()))
+    out = ScoringModule(lm).score(batch)
+    with torch.no_grad():
+        ref = lm(batch)
+        alone = lm({"input_ids": batch["ro_input_ids"], "attention_mask": batch["ro_attention_mask"],
+                    "labels": batch["ro_labels"]})
+    torch.testing.assert_close(out["iu0"], ref.per_example_loss.float())
+    torch.testing.assert_close(out["ce_alone"], alone.per_example_loss.float())
+    torch.testing.assert_close(out["ifd"], out["iu0"] / out["ce_alone"])
+    assert torch.equal(out["n_response_tokens"], ref.n_tokens)
+    # one example, unpadded: equals Hugging Face's own loss
+    n = int(batch["attention_mask"][0].sum())
+    with torch.no_grad():
+        hf = lm.model(input_ids=batch["input_ids"][:1, :n], labels=batch["labels"][:1, :n]).loss
+    torch.testing.assert_close(out["iu0"][0], hf.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_score_pool_every_id_once(full_scores, records):  # noqa: ANN001
+    s = full_scores
+    assert torch.equal(s["ids"], torch.arange(N))
+    assert torch.isfinite(s["iu0"]).all() and (s["iu0"] > 0).all()
+    torch.testing.assert_close(s["ifd"], s["iu0"] / s["ce_alone"])
+    assert s["ifd_flag"].dtype == torch.bool
+    torch.testing.assert_close(s["ifd_flag"], ~torch.isfinite(s["ifd"]) | (s["ifd"] > 1))
+    assert s["embedding"].shape == (N, 32) and torch.isfinite(s["embedding"]).all()
+    assert (s["n_response_tokens"] > 0).all()
+
+
+def test_merge_drops_duplicates_and_names_missing():
+    part = {"ids": torch.tensor([2, 0, 1]), "iu0": torch.tensor([3.0, 1.0, 2.0]), "ifd_flag": torch.zeros(3, dtype=bool)}
+    dup = {"ids": torch.tensor([0]), "iu0": torch.tensor([9.0]), "ifd_flag": torch.ones(1, dtype=bool)}
+    out = merge_scores([part, dup], 3)
+    assert out["iu0"].tolist() == [1.0, 2.0, 3.0] and not out["ifd_flag"].any()
+    with pytest.raises(RuntimeError, match="2 of 5 pool examples are missing"):
+        merge_scores([part], 5)
+
+
+def test_resume_scores_only_missing_ids(tmp_path, records, tokenizer, lm, full_scores):  # noqa: ANN001
+    shard_dir = tmp_path / "shards"
+    first = ScoringModule(lm, embed=True)
+    score_pool(first, _dm(records, tokenizer), TRAINER, shard_dir=shard_dir)
+    assert first.examples_seen == N
+    shards = sorted(shard_dir.glob("rank0_batch*.pt"))
+    assert len(shards) == 8  # ceil(60 / 8)
+    removed = shards[::2]  # "killed" run: half of the shards never got written
+    lost = sum(int(torch.load(p)["ids"].numel()) for p in removed)
+    for p in removed:
+        p.unlink()
+    second = ScoringModule(lm, embed=True)
+    resumed = score_pool(second, _dm(records, tokenizer), TRAINER, shard_dir=shard_dir)
+    assert second.examples_seen == lost < N
+    for k, v in full_scores.items():
+        torch.testing.assert_close(resumed[k], v, msg=k)
+    # everything present: nothing is recomputed
+    third = ScoringModule(lm, embed=True)
+    again = score_pool(third, _dm(records, tokenizer), TRAINER, shard_dir=shard_dir)
+    assert third.examples_seen == 0
+    torch.testing.assert_close(again["iu0"], full_scores["iu0"])
+
+
+def test_cluster_ifd_deterministic_and_ordered():
+    rng = np.random.default_rng(0)
+    ifd = np.concatenate([rng.normal(c, 0.01, 20) for c in (0.9, 0.2, 0.5)])
+    a, b = cluster_ifd(ifd, k=3, seed=0), cluster_ifd(torch.tensor(ifd), k=3, seed=0)
+    assert np.array_equal(a, b)
+    assert a[:20].tolist() == [2] * 20 and a[20:40].tolist() == [0] * 20 and a[40:].tolist() == [1] * 20
+    means = [ifd[a == c].mean() for c in range(3)]
+    assert means == sorted(means)
+
+
+def test_cluster_ifd_too_few_distinct_values():
+    with pytest.raises(ValueError, match="k=7 IFD clusters from 2 distinct"):
+        cluster_ifd([0.5, 0.5, 0.7, 0.7, 0.5, 0.7, 0.5, 0.7], k=7)
+    with pytest.raises(ValueError, match="non-finite"):
+        cluster_ifd([0.5, float("nan"), 0.7], k=2)
+
+
+def test_cluster_embeddings_deterministic(full_scores):  # noqa: ANN001
+    emb = full_scores["embedding"]
+    a = cluster_embeddings(emb, k=4, seed=1)
+    assert np.array_equal(a, cluster_embeddings(emb, k=4, seed=1))
+    sizes = np.bincount(a)
+    assert len(sizes) == 4 and list(sizes) == sorted(sizes, reverse=True)
+    mb = cluster_embeddings(emb, k=4, seed=1, minibatch_threshold=10)  # MiniBatchKMeans path
+    assert np.array_equal(mb, cluster_embeddings(emb, k=4, seed=1, minibatch_threshold=10))
+    assert cluster_labels(["b", "a", "c", "a"]).tolist() == [1, 0, 2, 0]
+
+
+def test_pool_index_round_trip(tmp_path, full_scores, records):  # noqa: ANN001
+    clusters = cluster_ifd(full_scores["ifd"], k=3, seed=0)
+    groups = [r.group for r in records]
+    path = write_pool_index(tmp_path / "pool.parquet", full_scores, clusters, groups)
+    pool = PoolIndex.load(path)
+    assert len(pool) == N and pool.num_clusters == 3
+    assert torch.equal(pool.clusters, torch.from_numpy(clusters))
+    torch.testing.assert_close(pool.iu0, full_scores["iu0"])
+    torch.testing.assert_close(pool.ifd, full_scores["ifd"])
+    assert torch.equal(pool.n_response_tokens, full_scores["n_response_tokens"])
+    assert [pool.group_names[g] for g in pool.groups] == groups
+    assert build_pool_index(full_scores, clusters).num_groups == 1
+
+
+class _FakeLM(torch.nn.Module):
+    """Uniform logits on long inputs, confident on token 1 for short ones (response-alone pass)."""
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
+        from types import SimpleNamespace
+
+        b, t = input_ids.shape
+        logits = torch.zeros(b, t, 5)
+        if t <= 3:
+            logits[..., 1] = 10.0
+        return SimpleNamespace(logits=logits, hidden_states=None)
+
+
+def test_degenerate_ifd_is_flagged_not_dropped():
+    batch = {
+        "ids": torch.tensor([7, 8]),
+        "input_ids": torch.tensor([[2, 3, 1, 1], [2, 3, 1, 1]]),
+        "attention_mask": torch.ones(2, 4, dtype=torch.long),
+        "labels": torch.tensor([[-100, -100, 1, 1], [-100, -100, -100, -100]]),
+        "ro_input_ids": torch.tensor([[0, 1, 1], [0, 1, 1]]),
+        "ro_attention_mask": torch.ones(2, 3, dtype=torch.long),
+        "ro_labels": torch.tensor([[-100, 1, 1], [-100, -100, -100]]),
+    }
+    out = ScoringModule(_FakeLM()).predict_step(batch, 0)
+    assert out["ids"].tolist() == [7, 8]
+    assert out["ifd"][0] > 1 and torch.isnan(out["ifd"][1])  # ratio > 1; empty response
+    assert out["ifd_flag"].tolist() == [True, True]
+    assert out["n_response_tokens"].tolist() == [2, 0]
+
+
+def test_cli_smoke(tmp_path):  # noqa: ANN001
+    from lead_lightning.scoring.cli import main
+
+    out = main(["--pool-size", "40", "--out", str(tmp_path / "p.parquet"), "--k", "3", "--max-length", "96",
+                "--accelerator", "cpu", "--shard-dir", str(tmp_path / "shards")])
+    pool = PoolIndex.load(out["path"])
+    assert len(pool) == 40 and pool.num_clusters == 3
