@@ -169,10 +169,10 @@ class LeadSelectionCallback(Callback):
         self.sampler.set_distributed(trainer.global_rank, trainer.world_size)
         if len(self._consumed) != trainer.world_size:
             self._consumed = [0] * trainer.world_size
-        reload = trainer.reload_dataloaders_every_n_epochs
+        reload = getattr(trainer, "reload_dataloaders_every_n_epochs", 0)
         if reload == 0:
             # The fit loop reads the loader's length once unless it reloads; a round's size changes.
-            trainer.reload_dataloaders_every_n_epochs = 1
+            setattr(trainer, "reload_dataloaders_every_n_epochs", 1)  # noqa: B010
         elif reload != 1:
             raise ValueError(
                 f"LeadSelectionCallback needs `Trainer(reload_dataloaders_every_n_epochs=1)` (each round's"

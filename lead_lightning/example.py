@@ -80,7 +80,7 @@ def run(argv: list[str] | None = None) -> dict:
         names = ", ".join(families[a] for a in h["arms"])
         rew = ", ".join(f"{v:+.3f}" for v in h["reward_raw"].values())
         print(f"{h['round']:>5} | {names:<25} | {h['n_selected']:>8} | {rew:>10} | {h['unique_seen']}")
-    share = Counter()
+    share: Counter[str] = Counter()
     for h in lead.history:
         for k, c in enumerate(h["selected_per_cluster"]):
             share[families[k]] += c

@@ -92,7 +92,7 @@ def test_logits_are_shifted_against_labels():
     logits[0, 3, 0] = 9.0  # the last logit predicts nothing
 
     def slow_ce(lg, tok):
-        return -(lg[tok] - math.log(sum(math.exp(float(x)) for x in lg)))
+        return -(float(lg[tok]) - math.log(sum(math.exp(float(x)) for x in lg)))
 
     shifted = sum(slow_ce(logits[0, t], int(labels[0, t + 1])) for t in range(3)) / 3
     unshifted = sum(slow_ce(logits[0, t], int(labels[0, t])) for t in range(1, 4)) / 3

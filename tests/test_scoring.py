@@ -180,9 +180,9 @@ def test_degenerate_ifd_is_flagged_not_dropped():
 
 
 def test_cli_smoke(tmp_path):  # noqa: ANN001
-    from lead_lightning.scoring.cli import main
+    from lead_lightning.scoring.cli import run
 
-    out = main(["--pool-size", "40", "--out", str(tmp_path / "p.parquet"), "--k", "3", "--max-length", "96",
+    out = run(["--pool-size", "40", "--out", str(tmp_path / "p.parquet"), "--k", "3", "--max-length", "96",
                 "--accelerator", "cpu", "--shard-dir", str(tmp_path / "shards")])
     pool = PoolIndex.load(out["path"])
     assert len(pool) == 40 and pool.num_clusters == 3

@@ -16,7 +16,7 @@ from lead_lightning.scoring.cluster import cluster_embeddings, cluster_ifd, clus
 from lead_lightning.scoring.index import write_pool_index
 from lead_lightning.scoring.scorer import ScoringModule, score_pool
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,20 +39,19 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Score, cluster and write the pool index; returns the path, scores and clusters."""
     args = _parser().parse_args(argv)
     from lead_lightning.data import InstructionDataModule, generate_pool, read_records
-    from lead_lightning.models import tiny_causal_lm, train_bpe_tokenizer
+    from lead_lightning.models import load_causal_lm, load_tokenizer, tiny_causal_lm, train_bpe_tokenizer
 
     if args.records:
         records = read_records(args.records, format=args.format)
     else:
         records = generate_pool(args.pool_size, seed=args.seed)
     if args.model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model)
+        tokenizer = load_tokenizer(args.model)  # local directory only: nothing is downloaded
+        model = load_causal_lm(args.model)
     else:
         tokenizer = train_bpe_tokenizer([r.prompt + " " + r.response for r in records], vocab_size=512)
         model = tiny_causal_lm(len(tokenizer), hidden_size=64, num_layers=2, num_heads=4, seed=args.seed)
@@ -83,6 +82,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_flag = int(scores["ifd_flag"].sum())
     print(f"wrote {path}: {len(records)} examples, {int(clusters.max()) + 1} clusters, {n_flag} IFD flagged")
     return {"path": path, "scores": scores, "clusters": clusters}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point ``lead-score``."""
+    run(argv)
 
 
 if __name__ == "__main__":
