@@ -18,6 +18,7 @@ from lead_lightning.bandits import (
     make_bandit,
 )
 from lead_lightning.callback import LeadSelectionCallback
+from lead_lightning.engine import LeadSelector
 from lead_lightning.idu import IDUState, idu_update
 from lead_lightning.losses import LMLosses, lm_losses, per_example_lm_loss
 from lead_lightning.pool import PoolIndex
@@ -33,6 +34,7 @@ __all__ = [
     "IDUState",
     "LMLosses",
     "LeadSelectionCallback",
+    "LeadSelector",
     "ParameterSketch",
     "PoolIndex",
     "RewardNormalizer",
@@ -46,3 +48,29 @@ __all__ = [
     "per_example_lm_loss",
 ]
 __version__ = "0.1.0"
+
+# The instruction-tuning stack imports transformers/peft; load it on first use so that
+# `import lead_lightning` stays light for users who bring their own module.
+_LAZY = {
+    "InstructionRecord": "lead_lightning.data",
+    "InstructionCollator": "lead_lightning.data",
+    "InstructionDataset": "lead_lightning.data",
+    "InstructionDataModule": "lead_lightning.data",
+    "generate_pool": "lead_lightning.data",
+    "get_template": "lead_lightning.data",
+    "CausalLMModule": "lead_lightning.models",
+    "LoraSettings": "lead_lightning.models",
+    "tiny_causal_lm": "lead_lightning.models",
+    "train_bpe_tokenizer": "lead_lightning.models",
+    "load_tokenizer": "lead_lightning.models",
+    "load_causal_lm": "lead_lightning.models",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lead_lightning' has no attribute {name!r}")
