@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -186,3 +192,99 @@ def test_cli_smoke(tmp_path):  # noqa: ANN001
                 "--accelerator", "cpu", "--shard-dir", str(tmp_path / "shards")])
     pool = PoolIndex.load(out["path"])
     assert len(pool) == 40 and pool.num_clusters == 3
+    warm = run(["--pool-size", "40", "--out", str(tmp_path / "w.parquet"), "--k", "3", "--max-length", "96",
+                "--accelerator", "cpu", "--warmup-examples", "8", "--warmup-steps", "2", "--warmup-lr", "1e-2"])
+    torch.testing.assert_close(warm["scores"]["iu0"], out["scores"]["iu0"])  # iu0: still the base model
+    assert not torch.allclose(warm["scores"]["ifd"], out["scores"]["ifd"])
+
+
+def test_warmup_changes_ifd_not_iu0_and_resumes(tmp_path, records, tokenizer):  # noqa: ANN001
+    """iu0 comes from the base model (scored before warm-up); IFD from the warmed LoRA."""
+
+    def lora_lm() -> CausalLMModule:
+        net = tiny_causal_lm(len(tokenizer), hidden_size=32, num_layers=1, num_heads=2, seed=0)
+        return CausalLMModule(net, lora={"r": 4, "alpha": 8, "dropout": 0.0}).eval()
+
+    warmup = {"n_examples": 16, "max_steps": 3, "seed": 0, "lr": 1e-2}
+    plain = score_pool(lora_lm(), _dm(records, tokenizer), TRAINER)
+    warm = score_pool(lora_lm(), _dm(records, tokenizer), TRAINER, shard_dir=tmp_path, warmup=warmup)
+    torch.testing.assert_close(warm["iu0"], plain["iu0"])
+    torch.testing.assert_close(warm["ifd_base"], plain["ifd"])
+    assert (warm["ifd"] - plain["ifd"]).abs().max() > 1e-3  # the warmed adapter changed IFD
+    torch.testing.assert_close(warm["ifd"], warm["iu0_warm"] / warm["ce_alone"])
+    with pytest.raises(ValueError, match="has none"):
+        score_pool(tiny_causal_lm(len(tokenizer), hidden_size=32, num_layers=1, num_heads=2), _dm(records, tokenizer),
+                   TRAINER, warmup=warmup)
+
+    # a killed run resumes: the saved adapter is loaded (no second training), only lost shards rescored
+    lost_shard = sorted((tmp_path / "warm").glob("rank0_batch*.pt"))[0]
+    lost = int(torch.load(lost_shard, weights_only=True)["ids"].numel())
+    lost_shard.unlink()
+    scorer = ScoringModule(lora_lm())
+    resumed = score_pool(scorer, _dm(records, tokenizer), TRAINER, shard_dir=tmp_path, warmup=warmup)
+    assert scorer.examples_seen == lost
+    for k, v in warm.items():
+        torch.testing.assert_close(resumed[k], v, msg=k)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _launch_score_ddp(out: Path) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MASTER_PORT": str(_free_port())}
+    script = Path(__file__).with_name("score_ddp_script.py")
+    proc = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_ddp_scoring_every_id_once_and_resume(tmp_path):  # noqa: ANN001
+    """2-process DDP scoring: every id once, equal to a 1-process run; a resumed DDP run fills the gaps."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from score_ddp_script import POOL_SIZE, build
+
+    lm, dm = build(POOL_SIZE)
+    ref = score_pool(ScoringModule(lm), dm, TRAINER)
+
+    out = tmp_path / "ddp"
+    ranks = _launch_score_ddp(out)
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert sum(r["examples_seen"] for r in ranks) == POOL_SIZE  # split without padding or repeats
+    assert all(r["examples_seen"] > 0 for r in ranks)
+    shards = out / "shards"
+    parts = {r: sorted(shards.glob(f"rank{r}_batch*.pt")) for r in (0, 1)}
+    assert parts[0] and parts[1], "each rank writes its own shards"
+    ids = torch.cat([torch.load(p, weights_only=True)["ids"] for r in (0, 1) for p in parts[r]])
+    assert sorted(ids.tolist()) == list(range(POOL_SIZE))  # every id exactly once across the shards
+    merged = [torch.load(out / f"merged_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for m in merged:  # every rank merged the same full result
+        assert torch.equal(m["ids"], torch.arange(POOL_SIZE))
+        assert set(m) == set(ref)
+        for k, v in ref.items():
+            torch.testing.assert_close(m[k], v, rtol=1e-5, atol=1e-5, msg=k)
+
+    # resume under DDP: drop one shard of each rank; the rerun scores exactly those ids, on both ranks
+    lost = []
+    for r in (0, 1):
+        lost += torch.load(parts[r][0], weights_only=True)["ids"].tolist()
+        parts[r][0].unlink()
+    for r in (0, 1):
+        (out / f"merged_rank{r}.pt").unlink()
+    again = _launch_score_ddp(out)
+    assert sum(r["examples_seen"] for r in again) == len(lost)
+    for r in (0, 1):
+        resumed = torch.load(out / f"merged_rank{r}.pt", weights_only=True)
+        for k, v in ref.items():
+            torch.testing.assert_close(resumed[k], v, rtol=1e-5, atol=1e-5, msg=k)
+    for r in (0, 1):  # the rerun numbered its shards after the rank's last one: nothing overwritten
+        batch_no = sorted(int(p.stem.split("batch")[1]) for p in shards.glob(f"rank{r}_batch*.pt"))
+        assert batch_no[: len(parts[r]) - 1] == list(range(1, len(parts[r])))
+        assert len(batch_no) >= len(parts[r])

@@ -3,6 +3,7 @@
 from lead_lightning.scoring.cluster import cluster_embeddings, cluster_ifd, cluster_labels
 from lead_lightning.scoring.index import build_pool_index, write_pool_index
 from lead_lightning.scoring.scorer import ScoringModule, ShardWriter, load_shards, merge_scores, score_pool
+from lead_lightning.scoring.warmup import warmup_lora
 
 __all__ = [
     "ScoringModule",
@@ -14,5 +15,6 @@ __all__ = [
     "load_shards",
     "merge_scores",
     "score_pool",
+    "warmup_lora",
     "write_pool_index",
 ]

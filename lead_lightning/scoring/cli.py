@@ -2,11 +2,17 @@
 
 Run: ``python -m lead_lightning.scoring.cli --help``. Without ``--records`` it scores a generated pool
 with a tiny local model (a smoke run, nothing downloaded).
+
+``--warmup-examples N --warmup-steps S`` (off by default) adds a LoRA (``--lora-r``) to the model,
+scores ``iu0`` with the base model, trains the LoRA for ``S`` steps on ``N`` random pool examples
+and scores IFD with it (see :func:`lead_lightning.scoring.warmup_lora`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--pool-size", type=int, default=200, help="size of the generated pool (no --records)")
     ap.add_argument("--model", help="local Hugging Face model directory; default: a tiny random Llama")
     ap.add_argument("--out", required=True, help="pool index parquet file to write")
-    ap.add_argument("--shard-dir", help="per-batch shards (resumable; needed for --devices > 1)")
+    ap.add_argument("--shard-dir", help="per-batch shards (resumable); with --devices > 1 default <out>.shards")
     ap.add_argument("--clusters", choices=("ifd", "embedding", "label"), default="ifd")
     ap.add_argument("--k", type=int, default=7, help="clusters for ifd/embedding k-means")
     ap.add_argument("--groups", choices=("label", "none"), default="label", help="groups: record.group or one")
@@ -36,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--devices", type=int, default=1)
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup-examples", type=int, default=0, help="LoRA warm-up subset before IFD (0: off)")
+    ap.add_argument("--warmup-steps", type=int, default=100, help="LoRA warm-up optimizer steps")
+    ap.add_argument("--warmup-lr", type=float, default=1e-4, help="LoRA warm-up learning rate")
+    ap.add_argument("--lora-r", type=int, default=8, help="LoRA rank for the warm-up (alpha = 2r)")
     return ap
 
 
@@ -43,7 +53,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Score, cluster and write the pool index; returns the path, scores and clusters."""
     args = _parser().parse_args(argv)
     from lead_lightning.data import InstructionDataModule, generate_pool, read_records
-    from lead_lightning.models import load_causal_lm, load_tokenizer, tiny_causal_lm, train_bpe_tokenizer
+    from lead_lightning.models import (
+        CausalLMModule,
+        load_causal_lm,
+        load_tokenizer,
+        tiny_causal_lm,
+        train_bpe_tokenizer,
+    )
 
     if args.records:
         records = read_records(args.records, format=args.format)
@@ -60,10 +76,19 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         batch_size=args.batch_size, eval_batch_size=args.batch_size,
     )
     trainer_kwargs: dict[str, Any] = {"accelerator": args.accelerator, "devices": args.devices}
+    shard_dir = args.shard_dir
     if args.devices > 1:
         trainer_kwargs["strategy"] = "ddp"
-    module = ScoringModule(model, embed=args.clusters == "embedding")
-    scores = score_pool(module, dm, trainer_kwargs, shard_dir=args.shard_dir)
+        shard_dir = shard_dir or f"{args.out}.shards"  # every rank writes its shards there
+    warmup = None
+    scored: torch.nn.Module = model
+    if args.warmup_examples > 0:
+        if not hasattr(model, "peft_config"):  # the adapter starts at zero: the base model is unchanged
+            scored = CausalLMModule(model, lora={"r": args.lora_r, "alpha": 2 * args.lora_r})
+        warmup = {"n_examples": args.warmup_examples, "max_steps": args.warmup_steps, "seed": args.seed,
+                  "lr": args.warmup_lr}
+    module = ScoringModule(scored, embed=args.clusters == "embedding")
+    scores = score_pool(module, dm, trainer_kwargs, shard_dir=shard_dir, warmup=warmup)
 
     if args.clusters == "ifd":
         ifd = scores["ifd"]
@@ -77,16 +102,32 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         clusters = cluster_labels([r.group for r in records])
     groups = [r.group for r in records] if args.groups == "label" else None
-    path = write_pool_index(args.out, scores, clusters, groups)
-    torch.save(scores, Path(path).with_suffix(".scores.pt"))
-    n_flag = int(scores["ifd_flag"].sum())
-    print(f"wrote {path}: {len(records)} examples, {int(clusters.max()) + 1} clusters, {n_flag} IFD flagged")
+    path = Path(args.out)
+    if _global_rank() == 0:  # under DDP every rank holds the same merged scores; one writes them
+        path = write_pool_index(args.out, scores, clusters, groups)
+        torch.save(scores, path.with_suffix(".scores.pt"))
+        n_flag = int(scores["ifd_flag"].sum())
+        print(f"wrote {path}: {len(records)} examples, {int(clusters.max()) + 1} clusters, {n_flag} IFD flagged")
     return {"path": path, "scores": scores, "clusters": clusters}
+
+
+def _global_rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point ``lead-score``."""
     run(argv)
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        # --devices > 1: wait for rank 0's files, tear the process group down, and leave without the
+        # interpreter's finalisers (a gloo group torn down at interpreter exit intermittently aborts).
+        dist.barrier()
+        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

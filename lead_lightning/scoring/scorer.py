@@ -7,6 +7,13 @@ scored without its prompt; ``ifd = iu0 / ce_alone`` (Li et al., Cherry LLM). Deg
 With ``shard_dir`` every predict batch is written to its own shard file as soon as it is computed
 (each DDP rank writes its own), a rerun after a crash only scores the ids no shard holds yet, and
 the shards are merged once, by id, with a check that no id is missing or duplicated.
+
+Under DDP (``devices > 1``, ``shard_dir`` required): inside ``Trainer.predict``, after the process
+group is up, rank 0 reads the shard directory and broadcasts the ids left to score, so every rank
+predicts a disjoint part of the same list; Lightning's predict sampler splits it without padding. All
+ranks meet at a barrier once their shards are on disk, then every rank merges the shards itself and
+returns the same full result (the shard directory must be visible to all ranks, e.g. one machine or
+a shared file system).
 """
 
 from __future__ import annotations
@@ -104,13 +111,24 @@ class ScoringModule(pl.LightningModule):
 class ShardWriter(BasePredictionWriter):
     """Writes each predict batch's result to ``shard_dir/rank{r}_batch{i}.pt`` (atomically).
 
-    ``batch_offset`` shifts the batch number so that a resumed run never overwrites older shards.
+    ``batch_offset`` shifts the batch number so that a resumed run never overwrites older shards;
+    by default (``None``) each rank starts after the highest batch number of its own shards, which no
+    other rank writes, so no synchronisation is needed.
     """
 
-    def __init__(self, shard_dir: str | PathLike[str], batch_offset: int = 0) -> None:
+    def __init__(self, shard_dir: str | PathLike[str], batch_offset: int | None = None) -> None:
         super().__init__(write_interval="batch")
         self.shard_dir = Path(shard_dir)
         self.batch_offset = batch_offset
+        self._offset = batch_offset or 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.batch_offset is None:
+            matches = [_SHARD_RE.match(p.name) for p in _shard_files(self.shard_dir)]
+            own = [int(m.group(2)) for m in matches if m and int(m.group(1)) == trainer.global_rank]
+            self._offset = 1 + max(own, default=-1)
+        else:
+            self._offset = self.batch_offset
 
     def write_on_batch_end(
         self,
@@ -123,7 +141,7 @@ class ShardWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        path = self.shard_dir / f"rank{trainer.global_rank}_batch{batch_idx + self.batch_offset}.pt"
+        path = self.shard_dir / f"rank{trainer.global_rank}_batch{batch_idx + self._offset}.pt"
         tmp = path.with_name(path.name + ".tmp")
         torch.save(prediction, tmp)
         tmp.replace(path)  # a killed run never leaves a half-written shard behind
@@ -187,17 +205,43 @@ def merge_scores(
     return out
 
 
-class _MissingIdsDataModule(pl.LightningDataModule):
-    """Predicts only ``ids`` of an (already set-up) ``InstructionDataModule``, length-bucketed."""
+def _pending_ids(shard_dir: Path, n: int, excluded: Tensor) -> list[int]:
+    """Pool ids that no shard under ``shard_dir`` holds yet (excluded ids never need scoring)."""
+    done = torch.zeros(n, dtype=torch.bool)
+    for part in load_shards(shard_dir):
+        done[part["ids"]] = True
+    done[excluded] = True
+    return torch.nonzero(~done).flatten().tolist()
 
-    def __init__(self, datamodule: Any, ids: Sequence[int]) -> None:
+
+class _PendingIdsDataModule(pl.LightningDataModule):
+    """Predicts the pool ids of an ``InstructionDataModule`` that no shard holds yet, length-bucketed.
+
+    The ids are decided in :meth:`predict_dataloader`, which runs on every rank after the process
+    group is up and before any rank predicts: rank 0 reads the shard directory and broadcasts its list,
+    so all ranks split the same ids even if another rank is already writing new shards.
+    """
+
+    def __init__(self, datamodule: Any, shard_dir: Path, n: int, excluded: Tensor) -> None:
         super().__init__()
         self.dm = datamodule
-        self.ids = list(ids)
+        self.shard_dir = shard_dir
+        self.n = n
+        self.excluded = excluded
+        self.ids: list[int] = []
+
+    def setup(self, stage: str) -> None:
+        self.dm.setup(stage)
 
     def predict_dataloader(self) -> DataLoader:
         from lead_lightning.data.dataset import LengthBucketBatchSampler
 
+        trainer = self.trainer
+        assert trainer is not None, "called by Trainer.predict"
+        ids = _pending_ids(self.shard_dir, self.n, self.excluded) if trainer.global_rank == 0 else []
+        self.ids = list(trainer.strategy.broadcast(ids, src=0))
+        if len(self.ids) == self.n:
+            return self.dm.predict_dataloader()
         dataset = self.dm.train_dataset
         subset = Subset(dataset, self.ids)  # items keep their pool id
         batch_sampler = LengthBucketBatchSampler(
@@ -217,6 +261,7 @@ def score_pool(
     trainer_kwargs: Mapping[str, Any] | None = None,
     shard_dir: str | PathLike[str] | None = None,
     embed: bool = False,
+    warmup: Mapping[str, Any] | None = None,
 ) -> dict[str, Tensor]:
     """Score every pool example in one ``Trainer.predict`` pass; results ordered by id ``0..N-1``.
 
@@ -224,14 +269,64 @@ def score_pool(
         module: a :class:`ScoringModule`, or a model to wrap in one (``CausalLMModule`` or HF model).
         datamodule: an :class:`~lead_lightning.data.InstructionDataModule`.
         trainer_kwargs: extra ``Trainer`` arguments (e.g. ``devices=2, strategy="ddp"``).
-        shard_dir: write one shard per batch here and skip ids already present (resume).
+        shard_dir: write one shard per batch here and skip ids already present (resume). Required
+            with several devices; every rank must see the same directory.
         embed: with a model (not a ``ScoringModule``), also compute embeddings.
+        warmup: off by default. Settings of :func:`~lead_lightning.scoring.warmup_lora`
+            (``n_examples``, ``max_steps``, ``seed``, ``lr``, ``batch_size``): the model needs a LoRA
+            adapter. Then the pool is scored twice: the base model first (``iu0``,
+            ``n_response_tokens``, ``embedding``; its IFD kept as ``ifd_base``), then the adapter is
+            trained in place on a random subset and the pool scored again for ``ce_alone``, ``ifd``,
+            ``ifd_flag`` and ``iu0_warm`` (``ifd = iu0_warm / ce_alone``). With ``shard_dir`` the passes
+            use ``base/`` and ``warm/`` under it and the warmed adapter is kept in ``warmup_state.pt``,
+            so a resumed run neither trains again nor rescores finished shards.
 
     Returns:
-        ``{"ids", "iu0", "ce_alone", "ifd", "ifd_flag", "n_response_tokens"[, "embedding"]}``.
+        ``{"ids", "iu0", "ce_alone", "ifd", "ifd_flag", "n_response_tokens"[, "embedding"]}`` (with
+        ``warmup`` also ``"iu0_warm"`` and ``"ifd_base"``); under DDP every rank returns the same
+        full result.
     """
+    lm = module
     if not isinstance(module, ScoringModule):
         module = ScoringModule(module, embed=embed)
+    if not warmup:
+        return _score(module, datamodule, trainer_kwargs, shard_dir)
+
+    from lead_lightning.scoring.warmup import WARMUP_KEYS, warmup_lora
+
+    unknown = set(warmup) - set(WARMUP_KEYS)
+    if unknown:
+        raise ValueError(f"Unknown `warmup` settings {sorted(unknown)}; known: {list(WARMUP_KEYS)}.")
+    root = Path(shard_dir) if shard_dir is not None else None
+    base = _score(module, datamodule, trainer_kwargs, root / "base" if root else None)
+    warmup_lora(
+        lm,
+        datamodule,
+        trainer_kwargs=trainer_kwargs,
+        state_path=root / "warmup_state.pt" if root else None,
+        **warmup,
+    )
+    embed_flag, module.embed = module.embed, False  # embeddings come from the base pass
+    try:
+        warm = _score(module, datamodule, trainer_kwargs, root / "warm" if root else None)
+    finally:
+        module.embed = embed_flag
+    out = dict(warm)
+    out["iu0_warm"] = warm["iu0"]
+    out["iu0"] = base["iu0"]  # LEAD's initial uncertainty: the base model's
+    out["ifd_base"] = base["ifd"]
+    if "embedding" in base:
+        out["embedding"] = base["embedding"]
+    return out
+
+
+def _score(
+    module: ScoringModule,
+    datamodule: Any,
+    trainer_kwargs: Mapping[str, Any] | None,
+    shard_dir: str | PathLike[str] | None,
+) -> dict[str, Tensor]:
+    """One scoring pass (see :func:`score_pool`)."""
     datamodule.setup("predict")
     n = len(datamodule.train_dataset)
     excluded = torch.as_tensor(getattr(datamodule, "excluded_ids", torch.zeros(0)), dtype=torch.long)
@@ -246,24 +341,21 @@ def score_pool(
     if shard_dir is None:
         trainer = pl.Trainer(**kwargs)
         if trainer.world_size > 1:
-            raise ValueError("Scoring on several devices needs a `shard_dir` (each rank writes its shards there).")
+            raise ValueError(
+                "Scoring on several devices needs a `shard_dir` (each rank writes its shards there)."
+            )
         preds = trainer.predict(module, datamodule=datamodule, return_predictions=True)
         return merge_scores(preds or [], n, excluded)  # type: ignore[arg-type]
 
-    # Every rank reads the shard directory here, before `trainer.predict` joins the process group,
-    # so no rank can have written a new shard yet: all ranks agree on the ids left to score.
     shard_dir = Path(shard_dir)
-    files = _shard_files(shard_dir)
-    done = torch.zeros(n, dtype=torch.bool)
-    for part in load_shards(shard_dir):
-        done[part["ids"]] = True
-    done[excluded] = True
-    todo = torch.nonzero(~done).flatten().tolist()
-    if todo:
-        offset = 1 + max((int(_SHARD_RE.match(p.name).group(2)) for p in files), default=-1)  # type: ignore[union-attr]
-        callbacks = [*kwargs.pop("callbacks", []), ShardWriter(shard_dir, batch_offset=offset)]
+    # Shards are only written inside a `predict` that every rank joins and that ends with a barrier, so
+    # all ranks agree on whether anything is left. With a process group already up (a second call in a
+    # DDP script), the decision is still left to rank 0's broadcast inside `predict`.
+    dist_up = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if dist_up or _pending_ids(shard_dir, n, excluded):
+        callbacks = [*kwargs.pop("callbacks", []), ShardWriter(shard_dir)]
         trainer = pl.Trainer(callbacks=callbacks, **kwargs)
-        source = datamodule if len(todo) == n else _MissingIdsDataModule(datamodule, todo)
+        source = _PendingIdsDataModule(datamodule, shard_dir, n, excluded)
         trainer.predict(module, datamodule=source, return_predictions=False)
-        trainer.strategy.barrier()  # every rank's shards are on disk before anyone merges
+        trainer.strategy.barrier("score_pool")  # every rank's shards are on disk before anyone merges
     return merge_scores(load_shards(shard_dir), n, excluded)
