@@ -275,7 +275,7 @@ class LeadSelector:
             "coef": {int(a): float(self.coef[a]) for a in self.arms},
             "unique_seen": seen,
             "budget_frac": seen / self.budget,
-            "idu_mean_pool": float(torch.sum(self.state.idu, dtype=torch.float64)) / len(self.state),
+            "idu_mean_pool": float(self.state.idu.mean()),  # float32 pairwise sum: fast at 1e7
             "idu_mean_selected": float(after.double().mean()) if after.numel() else math.nan,
             "nan_skipped": n_nan,
         }
