@@ -1,0 +1,10 @@
+"""The Hydra application behind ``lead-train``: config schemas, builders, baselines.
+
+``lead_lightning/train.py`` is the entry point; the pieces it instantiates live here so that each
+stays small and testable on its own (:mod:`.schema`, :mod:`.data`, :mod:`.builders`, :mod:`.baselines`,
+:mod:`.runtime`).
+"""
+
+from lead_lightning.app.schema import CONF_DIR, register_configs
+
+__all__ = ["CONF_DIR", "register_configs"]
