@@ -39,6 +39,18 @@ SCORE_KEYS = ("ids", "iu0", "ce_alone", "ifd", "ifd_flag", "n_response_tokens")
 _SHARD_RE = re.compile(r"^rank(\d+)_batch(\d+)\.pt$")
 
 
+def offline_trainer_kwargs(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Trainer arguments of the offline stage (no logger, no checkpoints, a progress bar), then ``overrides``."""
+    kwargs: dict[str, Any] = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "enable_progress_bar": True,
+    }
+    kwargs.update(overrides or {})
+    return kwargs
+
+
 def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
     """The Hugging Face model inside a ``CausalLMModule`` (or the model itself)."""
     inner = getattr(model, "model", None)
@@ -330,13 +342,7 @@ def _score(
     datamodule.setup("predict")
     n = len(datamodule.train_dataset)
     excluded = torch.as_tensor(getattr(datamodule, "excluded_ids", torch.zeros(0)), dtype=torch.long)
-    kwargs: dict[str, Any] = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-        "enable_progress_bar": True,
-    }
-    kwargs.update(trainer_kwargs or {})
+    kwargs = offline_trainer_kwargs(trainer_kwargs)
 
     if shard_dir is None:
         trainer = pl.Trainer(**kwargs)

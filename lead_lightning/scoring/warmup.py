@@ -67,7 +67,7 @@ def warmup_lora(
     """
     from lead_lightning.data import InstructionDataModule
     from lead_lightning.models import CausalLMModule
-    from lead_lightning.scoring.scorer import _hf_model
+    from lead_lightning.scoring.scorer import _hf_model, offline_trainer_kwargs
 
     if not isinstance(n_examples, int) or n_examples < 1:
         raise ValueError(f"`n_examples` must be a positive int, got {n_examples!r}.")
@@ -118,13 +118,7 @@ def warmup_lora(
         num_workers=dm.num_workers,
         collate_fn=dm.collator,
     )
-    kwargs: dict[str, Any] = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-        "enable_progress_bar": True,
-    }
-    kwargs.update(trainer_kwargs or {})
+    kwargs = offline_trainer_kwargs(trainer_kwargs)
     kwargs.update(max_steps=max_steps, max_epochs=-1)
     kwargs.pop("callbacks", None)  # scoring callbacks (shard writers) have no business in training
     old_lr = lm.hparams["lr"]
