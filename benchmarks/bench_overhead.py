@@ -73,8 +73,15 @@ def run(arm: str, records, tokenizer, epochs: int, seed: int) -> tuple[float, fl
     callbacks.append(timer)  # last: its on_train_epoch_end runs after LEAD's round-end work
     profiler = SimpleProfiler()
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        accelerator="cpu",
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
         profiler=profiler,
     )
     trainer.fit(module, dm)
@@ -108,16 +115,24 @@ def main() -> None:
             if arm == "lead":
                 inside.append(in_lead / per_step)
     ratios = [b / a for a, b in zip(times["plain"], times["lead"], strict=True)]
-    print(f"machine: {platform.machine()}, torch threads {torch.get_num_threads()}, torch {torch.__version__}")
-    print(f"pool {args.pool}, batch 8, {args.epochs} epochs/rounds per run, {args.repeats} interleaved repeats")
+    print(
+        f"machine: {platform.machine()}, torch threads {torch.get_num_threads()}, torch {torch.__version__}"
+    )
+    print(
+        f"pool {args.pool}, batch 8, {args.epochs} epochs/rounds per run, {args.repeats} interleaved repeats"
+    )
     print(f"{'arm':>6} | {'median ms/step':>14} | {'min':>7} | {'max':>7}")
     for arm, ts in times.items():
         ms = [1000 * t for t in ts]
         print(f"{arm:>6} | {statistics.median(ms):>14.2f} | {min(ms):>7.2f} | {max(ms):>7.2f}")
-    print(f"overhead (median of paired ratios lead/plain - 1): {100 * (statistics.median(ratios) - 1):+.2f}%"
-          f"  (pairs: {', '.join(f'{100 * (x - 1):+.1f}%' for x in ratios)})")
-    print(f"time inside LEAD (its hooks incl. round close + redraws) / step time: median"
-          f" {100 * statistics.median(inside):.2f}%, max {100 * max(inside):.2f}%")
+    print(
+        f"overhead (median of paired ratios lead/plain - 1): {100 * (statistics.median(ratios) - 1):+.2f}%"
+        f"  (pairs: {', '.join(f'{100 * (x - 1):+.1f}%' for x in ratios)})"
+    )
+    print(
+        f"time inside LEAD (its hooks incl. round close + redraws) / step time: median"
+        f" {100 * statistics.median(inside):.2f}%, max {100 * max(inside):.2f}%"
+    )
     print("target: <= 2%")
     print("rerun: python benchmarks/bench_overhead.py")
 

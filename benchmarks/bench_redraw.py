@@ -37,8 +37,11 @@ def bench(n: int, repeats: int) -> dict[str, float]:
         subset = sel.current_subset()
         draw_t.append(time.perf_counter() - t0)
         sizes.append(subset.numel())
-        recs = RoundRecords(subset, torch.rand(subset.numel(), generator=g),
-                            torch.full((subset.numel(),), 2e-5, dtype=torch.float64))
+        recs = RoundRecords(
+            subset,
+            torch.rand(subset.numel(), generator=g),
+            torch.full((subset.numel(),), 2e-5, dtype=torch.float64),
+        )
         t0 = time.perf_counter()
         sel.close_round(recs, sketch)
         close_t.append(time.perf_counter() - t0)
@@ -56,13 +59,17 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
     print(f"{'N':>10} | {'redraw ms':>9} | {'round close ms':>14} | {'subset':>7} | {'state B/example':>15}")
     print("-" * 70)
     for n in args.sizes:
         r = bench(n, args.repeats)
-        print(f"{r['n']:>10} | {r['redraw_ms']:>9.1f} | {r['close_ms']:>14.1f} | {r['subset']:>7.0f} |"
-              f" {r['bytes_per_example']:>15.1f}")
+        print(
+            f"{r['n']:>10} | {r['redraw_ms']:>9.1f} | {r['close_ms']:>14.1f} | {r['subset']:>7.0f} |"
+            f" {r['bytes_per_example']:>15.1f}"
+        )
     print("targets: redraw 1e6 <= 50 ms, 1e7 <= 500 ms; state <= 16 B/example")
     print("rerun: python benchmarks/bench_redraw.py")
 

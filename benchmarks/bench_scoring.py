@@ -95,10 +95,16 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         torch.set_num_threads(args.threads)
 
     records = generate_pool(args.pool, seed=0)
-    tokenizer = train_bpe_tokenizer([r.prompt for r in records] + [r.response for r in records], vocab_size=512)
+    tokenizer = train_bpe_tokenizer(
+        [r.prompt for r in records] + [r.response for r in records], vocab_size=512
+    )
     model = tiny_causal_lm(len(tokenizer), hidden_size=128, num_layers=4, num_heads=4, seed=0).eval()
     dm = InstructionDataModule(
-        records, tokenizer, max_length=args.max_length, batch_size=args.batch_size, eval_batch_size=args.batch_size
+        records,
+        tokenizer,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
     )
     dm.setup("predict")
     module = ScoringModule(model)

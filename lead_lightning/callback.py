@@ -111,10 +111,21 @@ class LeadSelectionCallback(Callback):
     ) -> None:
         super().__init__()
         self.selector = LeadSelector(
-            pool, budget=budget, sample_rate=sample_rate, bandit=bandit, arms_per_round=arms_per_round,
-            max_uses=max_uses, history_weight=history_weight, reward=reward, within_cluster=within_cluster,
-            max_rounds=max_rounds, stop_on_budget=stop_on_budget, cluster_history=cluster_history, seed=seed,
-            shuffle=shuffle, bandit_kwargs=bandit_kwargs,
+            pool,
+            budget=budget,
+            sample_rate=sample_rate,
+            bandit=bandit,
+            arms_per_round=arms_per_round,
+            max_uses=max_uses,
+            history_weight=history_weight,
+            reward=reward,
+            within_cluster=within_cluster,
+            max_rounds=max_rounds,
+            stop_on_budget=stop_on_budget,
+            cluster_history=cluster_history,
+            seed=seed,
+            shuffle=shuffle,
+            bandit_kwargs=bandit_kwargs,
         )
         self.sketcher = ParameterSketch(sketch_dim, seed=int(seed))
         self.sampler = RoundSampler(self.current_subset)
@@ -210,7 +221,12 @@ class LeadSelectionCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         ids, losses = self._extract(outputs, batch)
-        if not isinstance(losses, Tensor) or losses.dim() != 1 or not isinstance(ids, Tensor) or ids.dim() != 1:
+        if (
+            not isinstance(losses, Tensor)
+            or losses.dim() != 1
+            or not isinstance(ids, Tensor)
+            or ids.dim() != 1
+        ):
             raise ValueError(
                 "`per_example_loss` and `ids` must be 1-D tensors (one value per example), got"
                 f" {getattr(losses, 'shape', type(losses))} and {getattr(ids, 'shape', type(ids))}."
@@ -229,9 +245,13 @@ class LeadSelectionCallback(Callback):
     def _validate_ids(self, ids: Tensor) -> None:
         n = len(self.state)
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
-            raise ValueError(f"Batch ids must be pool ids in [0, {n}), got min {int(ids.min())}, max {int(ids.max())}.")
+            raise ValueError(
+                f"Batch ids must be pool ids in [0, {n}), got min {int(ids.min())}, max {int(ids.max())}."
+            )
         if ids.unique().numel() != ids.numel():
-            raise ValueError(f"Batch holds duplicated ids: {ids.tolist()[:16]}. Each example must appear once.")
+            raise ValueError(
+                f"Batch holds duplicated ids: {ids.tolist()[:16]}. Each example must appear once."
+            )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.selector.subset is None:
@@ -274,7 +294,9 @@ class LeadSelectionCallback(Callback):
         if trainer is None or trainer.world_size == 1:
             self._consumed[0] += len(local)
             return local
-        (ids, loss, lr), counts = gather_variable(trainer.strategy, [local.ids.double(), local.loss.double(), local.lr])
+        (ids, loss, lr), counts = gather_variable(
+            trainer.strategy, [local.ids.double(), local.loss.double(), local.lr]
+        )
         self._consumed = [c + x for c, x in zip(self._consumed, counts, strict=True)]
         return RoundRecords(ids.to(torch.int64), loss.float(), lr)
 
@@ -349,7 +371,9 @@ class LeadSelectionCallback(Callback):
                 # restored weights are the round-end weights).
                 self._close_round(self._trainer, self._trainer.lightning_module)
             else:
-                self.sampler.skip_next(consumed[self._trainer.global_rank if self._trainer is not None else 0])
+                self.sampler.skip_next(
+                    consumed[self._trainer.global_rank if self._trainer is not None else 0]
+                )
         else:
             self.selector.subset = None
             self.state.carried = RoundRecords.empty()

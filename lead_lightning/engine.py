@@ -201,7 +201,9 @@ class LeadSelector:
         return chosen
 
     # ------------------------------------------------------------------ round end
-    def close_round(self, records: RoundRecords, sketch_end: Tensor, val_metric: float | None = None) -> dict[str, Any]:
+    def close_round(
+        self, records: RoundRecords, sketch_end: Tensor, val_metric: float | None = None
+    ) -> dict[str, Any]:
         """Apply the round's records (already merged across ranks), reward the bandit, store the update.
 
         Returns the round summary (also appended to :attr:`history`).

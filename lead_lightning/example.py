@@ -63,15 +63,28 @@ def run(argv: list[str] | None = None) -> dict:
     iu0 = score_iu0(module, dm.predict_dataloader(), len(records))
     pool = PoolIndex(clusters=[families.index(r.group) for r in records], iu0=iu0)
     print(f"pool: {len(records)} examples, clusters = task families {families}")
-    print("mean iu0 per cluster:", {f: round(float(iu0[pool.clusters == k].mean()), 3) for k, f in enumerate(families)})
+    print(
+        "mean iu0 per cluster:",
+        {f: round(float(iu0[pool.clusters == k].mean()), 3) for k, f in enumerate(families)},
+    )
 
     lead = LeadSelectionCallback(
-        pool, budget=args.budget, sample_rate=args.sample_rate, bandit=args.bandit, max_rounds=args.rounds,
+        pool,
+        budget=args.budget,
+        sample_rate=args.sample_rate,
+        bandit=args.bandit,
+        max_rounds=args.rounds,
         seed=args.seed,
     )
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=args.rounds, callbacks=[lead], logger=False, enable_checkpointing=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        accelerator="cpu",
+        max_epochs=args.rounds,
+        callbacks=[lead],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
     )
     trainer.fit(module, dm)
 

@@ -61,7 +61,9 @@ class RoundRecords:
 
     def cat(self, other: RoundRecords) -> RoundRecords:
         return RoundRecords(
-            torch.cat([self.ids, other.ids]), torch.cat([self.loss, other.loss]), torch.cat([self.lr, other.lr])
+            torch.cat([self.ids, other.ids]),
+            torch.cat([self.loss, other.loss]),
+            torch.cat([self.lr, other.lr]),
         )
 
     def first_occurrence(self) -> RoundRecords:

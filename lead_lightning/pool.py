@@ -119,7 +119,9 @@ class PoolIndex:
             torch.from_numpy(extra["ifd"].astype(np.float32)) if "ifd" in extra else None
         )
         self.n_response_tokens: Tensor | None = (
-            torch.from_numpy(extra["n_response_tokens"].astype(np.int64)) if "n_response_tokens" in extra else None
+            torch.from_numpy(extra["n_response_tokens"].astype(np.int64))
+            if "n_response_tokens" in extra
+            else None
         )
 
     # ------------------------------------------------------------------ basic facts

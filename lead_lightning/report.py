@@ -64,7 +64,9 @@ def plot_arm_probabilities(history: History, names: Sequence[str] | None = None)
     fig, ax = _figure("Arm probabilities per round")
     rounds = [h["round"] for h in history if h.get("probs")]
     if not rounds:
-        ax.text(0.5, 0.5, "no bandit in this run (baseline)", ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "no bandit in this run (baseline)", ha="center", va="center", transform=ax.transAxes
+        )
         return fig
     probs = torch.tensor([h["probs"] for h in history if h.get("probs")])
     for k, name in enumerate(_names(history, names)):
@@ -100,7 +102,9 @@ def plot_budget(history: History, budget: int | None = None) -> Any:
     fig, ax = _figure("Budget: unique examples trained")
     rounds = [h["round"] for h in history]
     ax.plot(rounds, [h["unique_seen"] for h in history], marker="o", label="unique seen")
-    ax.plot(rounds, [h["n_selected"] for h in history], marker="s", linestyle="--", label="selected this round")
+    ax.plot(
+        rounds, [h["n_selected"] for h in history], marker="s", linestyle="--", label="selected this round"
+    )
     if budget:
         ax.axhline(budget, color="grey", linestyle=":", label=f"budget ({budget})")
     ax.set(xlabel="round", ylabel="examples")
@@ -152,33 +156,59 @@ def cluster_table(selection: Any, names: Sequence[str] | None = None) -> tuple[l
     state = getattr(selection, "state", None)
     k_all = pool.num_clusters
     labels = list(names) if names is not None and len(names) == k_all else [str(k) for k in range(k_all)]
-    seen = state.uses > 0 if state is not None else getattr(selection, "_seen", torch.zeros(len(pool), dtype=torch.bool))
-    columns = ["cluster", "name", "size", "iu0_mean", "ifd_mean", "idu_mean", "rounds_chosen", "selected",
-               "unique_seen", "last_prob"]
+    seen = (
+        state.uses > 0
+        if state is not None
+        else getattr(selection, "_seen", torch.zeros(len(pool), dtype=torch.bool))
+    )
+    columns = [
+        "cluster",
+        "name",
+        "size",
+        "iu0_mean",
+        "ifd_mean",
+        "idu_mean",
+        "rounds_chosen",
+        "selected",
+        "unique_seen",
+        "last_prob",
+    ]
     rows = []
     for k in range(k_all):
         m = pool.clusters == k
         ifd = float(pool.ifd[m].nanmean()) if pool.ifd is not None else math.nan
         idu = float(state.idu[m].mean()) if state is not None else math.nan
-        rows.append([
-            k, labels[k], int(m.sum()), float(pool.iu0[m].mean()), ifd, idu,
-            sum(k in h.get("arms", []) for h in history),
-            sum(h["selected_per_cluster"][k] for h in history),
-            int(seen[m].sum()),
-            float(history[-1]["probs"][k]) if history and history[-1].get("probs") else math.nan,
-        ])
+        rows.append(
+            [
+                k,
+                labels[k],
+                int(m.sum()),
+                float(pool.iu0[m].mean()),
+                ifd,
+                idu,
+                sum(k in h.get("arms", []) for h in history),
+                sum(h["selected_per_cluster"][k] for h in history),
+                int(seen[m].sum()),
+                float(history[-1]["probs"][k]) if history and history[-1].get("probs") else math.nan,
+            ]
+        )
     return columns, rows
 
 
-def format_summary(history: History, names: Sequence[str] | None = None,
-                   evals: Sequence[Mapping[str, Any]] = ()) -> str:
+def format_summary(
+    history: History, names: Sequence[str] | None = None, evals: Sequence[Mapping[str, Any]] = ()
+) -> str:
     """The per-round table ``lead-train`` prints."""
     labels = _names(history, names)
     val = {e["rounds_trained"]: e["val_loss"] for e in evals}
-    lines = [f"{'round':>5} | {'clusters chosen':<24} | {'selected':>8} | {'raw reward':>10} | {'unique':>6}"
-             f" | {'budget':>6} | {'val loss':>8} | {'time s':>6}"]
+    lines = [
+        f"{'round':>5} | {'clusters chosen':<24} | {'selected':>8} | {'raw reward':>10} | {'unique':>6}"
+        f" | {'budget':>6} | {'val loss':>8} | {'time s':>6}"
+    ]
     if 0 in val:
-        lines.append(f"{'start':>5} | {'':<24} | {'':>8} | {'':>10} | {'':>6} | {'':>6} | {val[0]:>8.4f} | {'':>6}")
+        lines.append(
+            f"{'start':>5} | {'':<24} | {'':>8} | {'':>10} | {'':>6} | {'':>6} | {val[0]:>8.4f} | {'':>6}"
+        )
     for h in history:
         chosen = ", ".join(labels[a] for a in h.get("arms", [])) or "(baseline)"
         rew = ", ".join(f"{v:+.3f}" for v in h.get("reward_raw", {}).values()) or "-"
@@ -248,8 +278,13 @@ class LeadReportCallback(Callback):
         if trainer.sanity_checking or value is None:
             return
         fitting = trainer.state.fn == TrainerFn.FITTING
-        self.evals.append({"rounds_trained": trainer.current_epoch + 1 if fitting else 0,
-                           "step": trainer.global_step, "val_loss": float(value)})
+        self.evals.append(
+            {
+                "rounds_trained": trainer.current_epoch + 1 if fitting else 0,
+                "step": trainer.global_step,
+                "val_loss": float(value),
+            }
+        )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         history = self.selection.history
@@ -261,7 +296,9 @@ class LeadReportCallback(Callback):
         if not trainer.is_global_zero:
             return
         k_all = len(e["selected_per_cluster"])
-        metrics: dict[str, float] = {f"lead/chosen/cluster_{k}": float(k in e.get("arms", [])) for k in range(k_all)}
+        metrics: dict[str, float] = {
+            f"lead/chosen/cluster_{k}": float(k in e.get("arms", [])) for k in range(k_all)
+        }
         metrics.update({f"lead/coef/cluster_{k}": float(v) for k, v in e.get("coef", {}).items()})
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=trainer.global_step)
@@ -280,15 +317,23 @@ class LeadReportCallback(Callback):
         if not trainer.is_global_zero:
             return
         history = self.selection.history
-        budget = getattr(self.selection, "budget", None) or getattr(getattr(self.selection, "selector", None),
-                                                                     "budget", None)
+        budget = getattr(self.selection, "budget", None) or getattr(
+            getattr(self.selection, "selector", None), "budget", None
+        )
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            record = {"history": history, "evals": self.evals, "cluster_names": self.cluster_names,
-                      "stop_reason": getattr(self.selection, "stop_reason", None), "budget": budget}
+            record = {
+                "history": history,
+                "evals": self.evals,
+                "cluster_names": self.cluster_names,
+                "stop_reason": getattr(self.selection, "stop_reason", None),
+                "budget": budget,
+            }
             (self.out_dir / "history.json").write_text(json.dumps(_json_safe(record), indent=1))
             if self.plots:
-                self.paths = write_plots(history, self.evals, self.out_dir / "plots", self.cluster_names, budget)
+                self.paths = write_plots(
+                    history, self.evals, self.out_dir / "plots", self.cluster_names, budget
+                )
         if not self.wandb_media:
             return
         for lg in self._wandb_loggers(trainer):
@@ -297,11 +342,15 @@ class LeadReportCallback(Callback):
             columns, rows = cluster_table(self.selection, self.cluster_names)
             lg.log_table("lead/clusters", columns=columns, data=rows)
             heatmap = self.paths.get("selection_timeline")
-            images = {"lead/selection_heatmap": heatmap} if heatmap else {
-                "lead/selection_heatmap": plot_selection_timeline(history, self.cluster_names)}
+            images = (
+                {"lead/selection_heatmap": heatmap}
+                if heatmap
+                else {"lead/selection_heatmap": plot_selection_timeline(history, self.cluster_names)}
+            )
             images.update({f"lead/plots/{k}": p for k, p in self.paths.items() if k != "selection_timeline"})
-            lg.experiment.log({k: wandb.Image(str(v) if isinstance(v, Path) else _to_array(v))
-                               for k, v in images.items()})
+            lg.experiment.log(
+                {k: wandb.Image(str(v) if isinstance(v, Path) else _to_array(v)) for k, v in images.items()}
+            )
 
 
 def _to_array(fig: Any) -> Any:

@@ -62,7 +62,9 @@ class ParameterSketch:
             flat = p.reshape(-1).to(device=device, dtype=torch.float64)
             for start in range(0, flat.numel(), self.chunk):
                 vals = flat[start : start + self.chunk]
-                idx = torch.arange(offset + start, offset + start + vals.numel(), device=device, dtype=torch.int64)
+                idx = torch.arange(
+                    offset + start, offset + start + vals.numel(), device=device, dtype=torch.int64
+                )
                 if exact:
                     out.index_add_(0, idx, vals)
                 else:

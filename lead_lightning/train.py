@@ -1,4 +1,4 @@
-"""`lead-train`: the Hydra application (configs in the repository's ``conf/``).
+"""`lead-train`: the Hydra application (configs in the package's ``conf/``).
 
 Composes the config, then: records -> tokenizer -> model (+LoRA) -> offline scoring and clustering
 (the pool index) -> the selection callback (LEAD, or a baseline) -> ``Trainer.fit`` with validation
@@ -89,10 +89,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @rank_zero_only
 def _print_summary(cfg: DictConfig, pool: Any, r: dict[str, Any]) -> None:
     method = cfg.selection.method.value
-    print(f"\nlead-train [{cfg.run_name}]: selection={method}, pool {len(pool)} examples, "
-          f"{pool.num_clusters} clusters: {r['cluster_names']}")
+    print(
+        f"\nlead-train [{cfg.run_name}]: selection={method}, pool {len(pool)} examples, "
+        f"{pool.num_clusters} clusters: {r['cluster_names']}"
+    )
     print(format_summary(r["history"], r["cluster_names"], r["evals"]))
-    print(f"stop reason: {r['stop_reason']}; final val loss {r['val_loss']:.4f}; wall time {r['wall_s']:.1f} s")
+    print(
+        f"stop reason: {r['stop_reason']}; final val loss {r['val_loss']:.4f}; wall time {r['wall_s']:.1f} s"
+    )
     print(f"outputs: {r['output_dir'].resolve()}")
 
 
@@ -113,8 +117,8 @@ def main() -> None:
 
     if not CONF_DIR.is_dir():
         raise FileNotFoundError(
-            f"lead-train's configs are not at {CONF_DIR}. HINT: install the repository in editable mode"
-            " (`pip install -e .`) so that its `conf/` directory sits next to the package."
+            f"lead-train's configs are not at {CONF_DIR}. HINT: the package ships them in"
+            " `lead_lightning/conf/`; reinstall it (`pip install .` or `pip install -e .`)."
         )
     register_configs()
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(_hydra_task)()

@@ -70,7 +70,9 @@ class ToyDataModule(pl.LightningDataModule):
         self.train_sampler = sampler
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.train_sampler)
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=self.train_sampler
+        )
 
 
 def make_trainer(tmp_path, callbacks, max_epochs: int = 4, **kw: Any) -> pl.Trainer:  # noqa: ANN001

@@ -24,7 +24,13 @@ from lead_lightning import LeadSelectionCallback  # noqa: E402
 
 def state_hash(cb: LeadSelectionCallback) -> str:
     h = hashlib.sha256()
-    for t in (cb.state.idu, cb.state.uses, cb.bandit.probabilities(), cb.selector.sketch_start, cb.selector.coef):
+    for t in (
+        cb.state.idu,
+        cb.state.uses,
+        cb.bandit.probabilities(),
+        cb.selector.sketch_start,
+        cb.selector.coef,
+    ):
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     h.update(json.dumps([{k: v for k, v in e.items() if k != "round_time_s"} for e in cb.history]).encode())
     return h.hexdigest()
@@ -66,11 +72,25 @@ def main(out: Path, mode: str = "agree", ckpt: str | None = None) -> None:
     spy = Spy(cb)
     callbacks: list[pl.Callback] = [cb, spy]
     if mode == "save":
-        callbacks.append(ModelCheckpoint(out / "ckpt", filename="{step}", every_n_train_steps=5, save_top_k=-1,
-                                         save_on_train_epoch_end=False))
+        callbacks.append(
+            ModelCheckpoint(
+                out / "ckpt",
+                filename="{step}",
+                every_n_train_steps=5,
+                save_top_k=-1,
+                save_on_train_epoch_end=False,
+            )
+        )
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=5, callbacks=callbacks, logger=False,
-        enable_checkpointing=mode == "save", enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=5,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=mode == "save",
+        enable_progress_bar=False,
+        enable_model_summary=False,
         default_root_dir=str(out),
     )
     trainer.fit(RankSkewedModule(), ToyDataModule(ds, batch_size=4), ckpt_path=ckpt)

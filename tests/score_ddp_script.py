@@ -47,7 +47,11 @@ def main(out: Path, n: int = POOL_SIZE) -> None:
     scores = score_pool(module, dm, trainer_kwargs, shard_dir=out / "shards")
     rank = torch.distributed.get_rank()
     torch.save(scores, out / f"merged_rank{rank}.pt")
-    info = {"rank": rank, "world_size": torch.distributed.get_world_size(), "examples_seen": module.examples_seen}
+    info = {
+        "rank": rank,
+        "world_size": torch.distributed.get_world_size(),
+        "examples_seen": module.examples_seen,
+    }
     (out / f"rank{rank}.json").write_text(json.dumps(info))
     torch.distributed.barrier()
     # Tear the process group down, then leave without the interpreter's finalisers: a gloo group torn

@@ -76,7 +76,9 @@ def test_idu_updated_with_formula_and_rewards_move_bandit(tmp_path):
     trainer.fit(module, ToyDataModule(ds))
     ids = torch.tensor(rec.subsets[0])
     # round 0: C_k = 0, so IDU = h * iu0 + (1 - h) * loss
-    expect = 0.25 * ds.pool().iu0[ids].double() + 0.75 * torch.tensor([losses[i] for i in ids.tolist()]).double()
+    expect = (
+        0.25 * ds.pool().iu0[ids].double() + 0.75 * torch.tensor([losses[i] for i in ids.tolist()]).double()
+    )
     torch.testing.assert_close(cb.state.idu[ids].double(), expect, rtol=1e-6, atol=1e-6)
     untouched = torch.ones(len(ds), dtype=torch.bool)
     untouched[ids] = False
@@ -141,7 +143,9 @@ def test_budget_is_never_exceeded(tmp_path):
 @pytest.mark.parametrize("within", ["idu", "random"])
 def test_every_bandit_and_within_cluster_rule_runs(tmp_path, bandit, within):
     ds = ToyDataset(n=80)
-    cb = LeadSelectionCallback(ds.pool(), budget=1.0, sample_rate=0.25, bandit=bandit, within_cluster=within, seed=0)
+    cb = LeadSelectionCallback(
+        ds.pool(), budget=1.0, sample_rate=0.25, bandit=bandit, within_cluster=within, seed=0
+    )
     make_trainer(tmp_path, [cb], max_epochs=3).fit(ToyModule(), ToyDataModule(ds))
     assert len(cb.history) == 3 and all(h["n_selected"] > 0 for h in cb.history)
 

@@ -22,16 +22,38 @@ def _runner():  # noqa: ANN202
 @pytest.mark.slow
 def test_e2e_tiny_study_writes_results_and_table(tmp_path):  # noqa: ANN001
     run = _runner()
-    argv = ["--tiny", "--methods", "lead", "iterative_reinference", "--seeds", "0", "--budgets", "0.1",
-            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    argv = [
+        "--tiny",
+        "--methods",
+        "lead",
+        "iterative_reinference",
+        "--seeds",
+        "0",
+        "--budgets",
+        "0.1",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     out = run.main(argv)
 
     files = sorted(out["run_dir"].glob("*.json"))
     assert [f.name for f in files] == ["iterative_reinference_b0.1_s0.json", "lead_b0.1_s0.json"]
     for f in files:
         r = json.loads(f.read_text())
-        for key in ("eval_loss_gsm8k", "eval_loss_gen", "gsm8k_accuracy", "wall_s", "example_steps",
-                    "pool_forward_passes", "noisy_share", "history", "curve", "selected_per_cluster"):
+        for key in (
+            "eval_loss_gsm8k",
+            "eval_loss_gen",
+            "gsm8k_accuracy",
+            "wall_s",
+            "example_steps",
+            "pool_forward_passes",
+            "noisy_share",
+            "history",
+            "curve",
+            "selected_per_cluster",
+        ):
             assert key in r, key
         assert set(r["time"]) >= {"offline_scoring_s", "online_rescoring_s", "selection_s", "training_s"}
         assert math.isfinite(r["eval_loss_gen"]) and r["example_steps"] > 0

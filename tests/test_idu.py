@@ -37,7 +37,12 @@ def test_idu_update_docstring_value():
 
 def test_history_weight_is_applied():
     """Official bug: `gamma = 1 - b` was computed and never used, so effectively h = 0."""
-    args = (torch.tensor([3.0, 1.0]), torch.tensor([1.0, 2.0]), torch.tensor([0.01, 0.01]), torch.tensor([2.0, 2.0]))
+    args = (
+        torch.tensor([3.0, 1.0]),
+        torch.tensor([1.0, 2.0]),
+        torch.tensor([0.01, 0.01]),
+        torch.tensor([2.0, 2.0]),
+    )
     no_history = idu_update(*args, 0.0)
     smoothed = idu_update(*args, 0.1)
     assert torch.allclose(no_history, args[1] - args[2] * args[3])  # h = 0: IDU is the observation
@@ -67,7 +72,9 @@ def test_first_occurrence_random_against_reference():
     for _ in range(20):
         ids = [rng.randrange(15) for _ in range(rng.randint(1, 40))]
         recs = RoundRecords(
-            torch.tensor(ids), torch.arange(len(ids), dtype=torch.float32), torch.zeros(len(ids), dtype=torch.float64)
+            torch.tensor(ids),
+            torch.arange(len(ids), dtype=torch.float32),
+            torch.zeros(len(ids), dtype=torch.float64),
         )
         out = recs.first_occurrence()
         assert out.loss.long().tolist() == [p for p, i in enumerate(ids) if i not in ids[:p]]
@@ -75,12 +82,16 @@ def test_first_occurrence_random_against_reference():
 
 def test_first_occurrence_empty_and_no_duplicates():
     assert len(RoundRecords.empty().first_occurrence()) == 0
-    recs = RoundRecords(torch.tensor([4, 2, 0]), torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3, dtype=torch.float64))
+    recs = RoundRecords(
+        torch.tensor([4, 2, 0]), torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3, dtype=torch.float64)
+    )
     assert recs.first_occurrence().ids.tolist() == [4, 2, 0]
 
 
 def test_records_cat_and_dict_round_trip():
-    a = RoundRecords(torch.tensor([1, 2]), torch.tensor([0.5, 0.25]), torch.tensor([1e-3, 1e-3], dtype=torch.float64))
+    a = RoundRecords(
+        torch.tensor([1, 2]), torch.tensor([0.5, 0.25]), torch.tensor([1e-3, 1e-3], dtype=torch.float64)
+    )
     b = RoundRecords(torch.tensor([0]), torch.tensor([2.0]), torch.tensor([5e-4], dtype=torch.float64))
     c = a.cat(b)
     assert len(c) == 3 and c.ids.tolist() == [1, 2, 0] and c.loss.tolist() == [0.5, 0.25, 2.0]
@@ -111,7 +122,11 @@ def test_record_take_apply_matches_reference():
     coef = torch.tensor([2.0, 2.0, 10.0])
     before, after = st.apply(recs, coef, history_weight=0.1)
     assert before.tolist() == [4.0, 1.0, 5.0]
-    expected = [ref_idu(4.0, 0.5, 0.1, 2.0, 0.1), ref_idu(1.0, 0.25, 0.1, 2.0, 0.1), ref_idu(5.0, 1.5, 0.05, 10.0, 0.1)]
+    expected = [
+        ref_idu(4.0, 0.5, 0.1, 2.0, 0.1),
+        ref_idu(1.0, 0.25, 0.1, 2.0, 0.1),
+        ref_idu(5.0, 1.5, 0.05, 10.0, 0.1),
+    ]
     assert after.tolist() == pytest.approx(expected, rel=1e-6)
     assert st.idu.tolist() == pytest.approx([expected[1], 2.0, 3.0, expected[0], expected[2]], rel=1e-6)
     assert st.uses.tolist() == [1, 0, 0, 1, 1]  # untrained examples keep IU_0 and 0 uses
@@ -173,7 +188,9 @@ def test_state_dict_survives_torch_save_weights_only(tmp_path):
 
 def test_load_state_dict_size_mismatch():
     st = IDUState(torch.zeros(3))
-    with pytest.raises(ValueError, match=r"holds 4 examples but the pool has 3\. HINT: resume with the same pool"):
+    with pytest.raises(
+        ValueError, match=r"holds 4 examples but the pool has 3\. HINT: resume with the same pool"
+    ):
         st.load_state_dict({"idu": torch.zeros(4), "uses": torch.zeros(4, dtype=torch.uint8)})
     with pytest.raises(ValueError, match=r"but the pool has 3"):
         st.load_state_dict({"idu": torch.zeros(3), "uses": torch.zeros(2, dtype=torch.uint8)})

@@ -50,7 +50,9 @@ def test_per_example_loss_equals_hf_loss_of_each_example_alone(llama_batch):
     res = lm_losses(out.logits, labels)
     with torch.no_grad():
         for i in range(input_ids.shape[0]):
-            ref = model(input_ids[i : i + 1], attention_mask=attention_mask[i : i + 1], labels=labels[i : i + 1]).loss
+            ref = model(
+                input_ids[i : i + 1], attention_mask=attention_mask[i : i + 1], labels=labels[i : i + 1]
+            ).loss
             torch.testing.assert_close(res.per_example_loss[i], ref, rtol=1e-5, atol=1e-5)
     # per_example_lm_loss is the same reduction
     torch.testing.assert_close(per_example_lm_loss(out.logits, labels), res.per_example_loss)

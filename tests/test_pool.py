@@ -65,7 +65,10 @@ def test_optional_columns_are_kept():
     ("kwargs", "match"),
     [
         (dict(clusters=[0, 1, 1], iu0=[1.0, 2.0]), r"one entry per example; got lengths .*'iu0': 2"),
-        (dict(clusters=[0, 1], iu0=[1.0, 2.0], groups=["a"]), r"one entry per example; got lengths .*'groups': 1"),
+        (
+            dict(clusters=[0, 1], iu0=[1.0, 2.0], groups=["a"]),
+            r"one entry per example; got lengths .*'groups': 1",
+        ),
         (dict(clusters=[0, 1], iu0=[1.0, 2.0], ifd=[1.0]), r"one entry per example; got lengths .*'ifd': 1"),
         (
             dict(clusters=[0, 1], iu0=[1.0, 2.0], n_response_tokens=[1, 2, 3]),
@@ -74,18 +77,33 @@ def test_optional_columns_are_kept():
         (dict(clusters=[], iu0=[]), r"The pool is empty"),
         (dict(clusters=np.array([], dtype=np.int64), iu0=np.array([])), r"The pool is empty"),
         (dict(clusters=[0, 1], iu0=[1.0, -0.5]), r"`iu0` must be finite and >= 0 .*first at id 1: .*-0\.5"),
-        (dict(clusters=[0, 1], iu0=[float("nan"), 1.0]), r"`iu0` must be finite and >= 0 .*first at id 0: .*nan"),
-        (dict(clusters=[0, 1], iu0=[1.0, float("inf")]), r"`iu0` must be finite and >= 0 .*first at id 1: .*inf"),
+        (
+            dict(clusters=[0, 1], iu0=[float("nan"), 1.0]),
+            r"`iu0` must be finite and >= 0 .*first at id 0: .*nan",
+        ),
+        (
+            dict(clusters=[0, 1], iu0=[1.0, float("inf")]),
+            r"`iu0` must be finite and >= 0 .*first at id 1: .*inf",
+        ),
         (dict(clusters=[0, 2, 2], iu0=[1.0] * 3), r"none empty; cluster\(s\) \[1\] have no example \(K=3\)"),
         (dict(clusters=[1, 1], iu0=[1.0] * 2), r"cluster\(s\) \[0\] have no example"),
         (dict(clusters=[0, -1], iu0=[1.0] * 2), r"`clusters` must be >= 0, got min -1"),
-        (dict(clusters=[0.0, 0.5], iu0=[1.0] * 2), r"`clusters` must hold integer cluster ids, got dtype float64"),
+        (
+            dict(clusters=[0.0, 0.5], iu0=[1.0] * 2),
+            r"`clusters` must hold integer cluster ids, got dtype float64",
+        ),
         (dict(clusters=[0.0, float("nan")], iu0=[1.0] * 2), r"`clusters` must hold integer cluster ids"),
         (dict(clusters=["x", "y"], iu0=[1.0] * 2), r"`clusters` must hold integer cluster ids"),
-        (dict(clusters=[[0, 1], [1, 0]], iu0=[1.0] * 2), r"`clusters` must be one-dimensional .*shape \(2, 2\)"),
+        (
+            dict(clusters=[[0, 1], [1, 0]], iu0=[1.0] * 2),
+            r"`clusters` must be one-dimensional .*shape \(2, 2\)",
+        ),
         (dict(clusters=[0, 1], iu0=[[1.0, 2.0]]), r"`iu0` must be one-dimensional .*shape \(1, 2\)"),
         (dict(clusters=[0, 1], iu0=[1.0, 2.0], groups=[["a"], ["b"]]), r"`groups` must be one-dimensional"),
-        (dict(clusters=torch.zeros(2, 1, dtype=torch.long), iu0=[1.0, 2.0]), r"`clusters` must be one-dimensional"),
+        (
+            dict(clusters=torch.zeros(2, 1, dtype=torch.long), iu0=[1.0, 2.0]),
+            r"`clusters` must be one-dimensional",
+        ),
         (dict(clusters=5, iu0=[1.0]), r"`clusters` must be one-dimensional .*shape \(\)"),
     ],
 )
@@ -119,7 +137,9 @@ def test_save_load_round_trip(tmp_path, groups, with_optional):
     assert not path.with_name("pool.parquet.tmp").exists()
     table = pq.read_table(path)
     assert table.schema.metadata[b"lead_lightning.pool_schema"] == str(POOL_SCHEMA_VERSION).encode()
-    expected_cols = ["id", "cluster", "group", "iu0"] + (["ifd", "n_response_tokens"] if with_optional else [])
+    expected_cols = ["id", "cluster", "group", "iu0"] + (
+        ["ifd", "n_response_tokens"] if with_optional else []
+    )
     assert table.column_names == expected_cols
 
     back = PoolIndex.load(path)
@@ -183,7 +203,9 @@ def test_load_reorders_shuffled_ids(tmp_path):
 
 def test_load_rejects_ids_that_are_not_a_permutation(tmp_path):
     path = tmp_path / "dup.parquet"
-    pq.write_table(pa.table({"id": [0, 0, 2], "cluster": [0, 0, 0], "group": ["a"] * 3, "iu0": [1.0] * 3}), path)
+    pq.write_table(
+        pa.table({"id": [0, 0, 2], "cluster": [0, 0, 0], "group": ["a"] * 3, "iu0": [1.0] * 3}), path
+    )
     with pytest.raises(ValueError, match=r"column `id` must be a permutation of 0\.\.N-1 \(N=3\)"):
         PoolIndex.load(path)
 
@@ -200,4 +222,6 @@ def test_fingerprint_tracks_clusters_and_groups():
 
 
 def test_repr():
-    assert repr(PoolIndex(clusters=CLUSTERS, iu0=IU0, groups=GROUPS)) == "PoolIndex(n=6, clusters=3, groups=3)"
+    assert (
+        repr(PoolIndex(clusters=CLUSTERS, iu0=IU0, groups=GROUPS)) == "PoolIndex(n=6, clusters=3, groups=3)"
+    )

@@ -20,15 +20,44 @@ from lead_lightning.report import (
 )
 
 HISTORY = [
-    {"round": 0, "arms": [1], "n_selected": 5, "selected_per_cluster": [0, 5, 0], "reward_raw": {1: 0.2},
-     "reward": {1: 0.5}, "probs": [1 / 3, 1 / 3, 1 / 3], "coef": {1: 0.0}, "unique_seen": 5, "budget_frac": 0.25,
-     "idu_mean_pool": 2.0, "idu_mean_selected": 1.5, "nan_skipped": 0, "round_time_s": 0.1},
-    {"round": 1, "arms": [2], "n_selected": 4, "selected_per_cluster": [0, 0, 4], "reward_raw": {2: 0.1},
-     "reward": {2: 0.0}, "probs": [0.3, 0.4, 0.3], "coef": {2: 0.01}, "unique_seen": 9, "budget_frac": 0.45,
-     "idu_mean_pool": 1.9, "idu_mean_selected": 1.2, "nan_skipped": 1, "round_time_s": 0.1},
+    {
+        "round": 0,
+        "arms": [1],
+        "n_selected": 5,
+        "selected_per_cluster": [0, 5, 0],
+        "reward_raw": {1: 0.2},
+        "reward": {1: 0.5},
+        "probs": [1 / 3, 1 / 3, 1 / 3],
+        "coef": {1: 0.0},
+        "unique_seen": 5,
+        "budget_frac": 0.25,
+        "idu_mean_pool": 2.0,
+        "idu_mean_selected": 1.5,
+        "nan_skipped": 0,
+        "round_time_s": 0.1,
+    },
+    {
+        "round": 1,
+        "arms": [2],
+        "n_selected": 4,
+        "selected_per_cluster": [0, 0, 4],
+        "reward_raw": {2: 0.1},
+        "reward": {2: 0.0},
+        "probs": [0.3, 0.4, 0.3],
+        "coef": {2: 0.01},
+        "unique_seen": 9,
+        "budget_frac": 0.45,
+        "idu_mean_pool": 1.9,
+        "idu_mean_selected": 1.2,
+        "nan_skipped": 1,
+        "round_time_s": 0.1,
+    },
 ]
-EVALS = [{"rounds_trained": 0, "step": 0, "val_loss": 3.0}, {"rounds_trained": 1, "step": 1, "val_loss": 2.5},
-         {"rounds_trained": 2, "step": 2, "val_loss": 2.2}]
+EVALS = [
+    {"rounds_trained": 0, "step": 0, "val_loss": 3.0},
+    {"rounds_trained": 1, "step": 1, "val_loss": 2.5},
+    {"rounds_trained": 2, "step": 2, "val_loss": 2.2},
+]
 
 
 def test_write_plots_render(tmp_path):  # noqa: ANN001

@@ -20,10 +20,20 @@ def _run(tmp_path, ckpt_path=None, save=False):  # noqa: ANN001
     callbacks: list[pl.Callback] = [cb]
     if save:
         callbacks += [
-            ModelCheckpoint(tmp_path / "steps", filename="{epoch}-{step}", every_n_train_steps=4,
-                            save_top_k=-1, save_on_train_epoch_end=False),
-            ModelCheckpoint(tmp_path / "epochs", filename="{epoch}", every_n_epochs=1, save_top_k=-1,
-                            save_on_train_epoch_end=True),
+            ModelCheckpoint(
+                tmp_path / "steps",
+                filename="{epoch}-{step}",
+                every_n_train_steps=4,
+                save_top_k=-1,
+                save_on_train_epoch_end=False,
+            ),
+            ModelCheckpoint(
+                tmp_path / "epochs",
+                filename="{epoch}",
+                every_n_epochs=1,
+                save_top_k=-1,
+                save_on_train_epoch_end=True,
+            ),
         ]
     module = ToyModule()
     trainer = make_trainer(tmp_path, callbacks, max_epochs=EPOCHS, enable_checkpointing=save)

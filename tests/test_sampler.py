@@ -42,7 +42,9 @@ def test_shards_equal_torch_distributed_sampler(world_size):
     for n in (1, 3, 5, 7, 10):
         ids = SUBSET.repeat(2)[:n]
         for r in range(world_size):
-            ref = DistributedSampler(range(n), num_replicas=world_size, rank=r, shuffle=False, drop_last=False)
+            ref = DistributedSampler(
+                range(n), num_replicas=world_size, rank=r, shuffle=False, drop_last=False
+            )
             assert list(make(ids, r, world_size)) == [int(ids[p]) for p in ref]
             assert len(make(ids, r, world_size)) == len(ref)
 

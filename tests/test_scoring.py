@@ -37,7 +37,9 @@ def records(small_pool):  # noqa: ANN001, ANN201
 
 @pytest.fixture(scope="module")
 def lm(tokenizer):  # noqa: ANN001, ANN201
-    return CausalLMModule(tiny_causal_lm(len(tokenizer), hidden_size=32, num_layers=1, num_heads=2, seed=0)).eval()
+    return CausalLMModule(
+        tiny_causal_lm(len(tokenizer), hidden_size=32, num_layers=1, num_heads=2, seed=0)
+    ).eval()
 
 
 def _dm(records, tokenizer):  # noqa: ANN001, ANN202
@@ -57,8 +59,13 @@ def test_iu0_matches_reference(records, tokenizer, lm):  # noqa: ANN001
     out = ScoringModule(lm).score(batch)
     with torch.no_grad():
         ref = lm(batch)
-        alone = lm({"input_ids": batch["ro_input_ids"], "attention_mask": batch["ro_attention_mask"],
-                    "labels": batch["ro_labels"]})
+        alone = lm(
+            {
+                "input_ids": batch["ro_input_ids"],
+                "attention_mask": batch["ro_attention_mask"],
+                "labels": batch["ro_labels"],
+            }
+        )
     torch.testing.assert_close(out["iu0"], ref.per_example_loss.float())
     torch.testing.assert_close(out["ce_alone"], alone.per_example_loss.float())
     torch.testing.assert_close(out["ifd"], out["iu0"] / out["ce_alone"])
@@ -82,7 +89,11 @@ def test_score_pool_every_id_once(full_scores, records):  # noqa: ANN001
 
 
 def test_merge_drops_duplicates_and_names_missing():
-    part = {"ids": torch.tensor([2, 0, 1]), "iu0": torch.tensor([3.0, 1.0, 2.0]), "ifd_flag": torch.zeros(3, dtype=bool)}
+    part = {
+        "ids": torch.tensor([2, 0, 1]),
+        "iu0": torch.tensor([3.0, 1.0, 2.0]),
+        "ifd_flag": torch.zeros(3, dtype=bool),
+    }
     dup = {"ids": torch.tensor([0]), "iu0": torch.tensor([9.0]), "ifd_flag": torch.ones(1, dtype=bool)}
     out = merge_scores([part, dup], 3)
     assert out["iu0"].tolist() == [1.0, 2.0, 3.0] and not out["ifd_flag"].any()
@@ -188,12 +199,44 @@ def test_degenerate_ifd_is_flagged_not_dropped():
 def test_cli_smoke(tmp_path):  # noqa: ANN001
     from lead_lightning.scoring.cli import run
 
-    out = run(["--pool-size", "40", "--out", str(tmp_path / "p.parquet"), "--k", "3", "--max-length", "96",
-                "--accelerator", "cpu", "--shard-dir", str(tmp_path / "shards")])
+    out = run(
+        [
+            "--pool-size",
+            "40",
+            "--out",
+            str(tmp_path / "p.parquet"),
+            "--k",
+            "3",
+            "--max-length",
+            "96",
+            "--accelerator",
+            "cpu",
+            "--shard-dir",
+            str(tmp_path / "shards"),
+        ]
+    )
     pool = PoolIndex.load(out["path"])
     assert len(pool) == 40 and pool.num_clusters == 3
-    warm = run(["--pool-size", "40", "--out", str(tmp_path / "w.parquet"), "--k", "3", "--max-length", "96",
-                "--accelerator", "cpu", "--warmup-examples", "8", "--warmup-steps", "2", "--warmup-lr", "1e-2"])
+    warm = run(
+        [
+            "--pool-size",
+            "40",
+            "--out",
+            str(tmp_path / "w.parquet"),
+            "--k",
+            "3",
+            "--max-length",
+            "96",
+            "--accelerator",
+            "cpu",
+            "--warmup-examples",
+            "8",
+            "--warmup-steps",
+            "2",
+            "--warmup-lr",
+            "1e-2",
+        ]
+    )
     torch.testing.assert_close(warm["scores"]["iu0"], out["scores"]["iu0"])  # iu0: still the base model
     assert not torch.allclose(warm["scores"]["ifd"], out["scores"]["ifd"])
 
@@ -213,8 +256,12 @@ def test_warmup_changes_ifd_not_iu0_and_resumes(tmp_path, records, tokenizer):  
     assert (warm["ifd"] - plain["ifd"]).abs().max() > 1e-3  # the warmed adapter changed IFD
     torch.testing.assert_close(warm["ifd"], warm["iu0_warm"] / warm["ce_alone"])
     with pytest.raises(ValueError, match="has none"):
-        score_pool(tiny_causal_lm(len(tokenizer), hidden_size=32, num_layers=1, num_heads=2), _dm(records, tokenizer),
-                   TRAINER, warmup=warmup)
+        score_pool(
+            tiny_causal_lm(len(tokenizer), hidden_size=32, num_layers=1, num_heads=2),
+            _dm(records, tokenizer),
+            TRAINER,
+            warmup=warmup,
+        )
 
     # a killed run resumes: the saved adapter is loaded (no second training), only lost shards rescored
     lost_shard = sorted((tmp_path / "warm").glob("rank0_batch*.pt"))[0]
@@ -239,7 +286,9 @@ def _launch_score_ddp(out: Path) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MASTER_PORT": str(_free_port())}
     script = Path(__file__).with_name("score_ddp_script.py")
-    proc = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 

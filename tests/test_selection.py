@@ -72,7 +72,14 @@ def as_tensors(clusters, groups, scores, eligible):
 def test_eligible_mask_max_uses():
     uses = torch.tensor([0, 1, 3, 4, 5, 255], dtype=torch.uint8)
     assert eligible_mask(uses, max_uses=4, budget_left=10).tolist() == [True, True, True, False, False, False]
-    assert eligible_mask(uses, max_uses=1, budget_left=10).tolist() == [True, False, False, False, False, False]
+    assert eligible_mask(uses, max_uses=1, budget_left=10).tolist() == [
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+    ]
 
 
 @pytest.mark.parametrize("budget_left", [0, -5])
@@ -146,7 +153,9 @@ def test_cluster_layout_order_and_offsets():
         expected = sorted((i for i in range(200) if clusters[i] == k), key=lambda i: (groups[i], i))
         assert lay.ids_of(k).tolist() == expected
         assert lay.ids_of(k).dtype == torch.int64
-    assert lay.offsets.tolist() == [0] + list(torch.cumsum(torch.bincount(torch.tensor(clusters)), 0).tolist())
+    assert lay.offsets.tolist() == [0] + list(
+        torch.cumsum(torch.bincount(torch.tensor(clusters)), 0).tolist()
+    )
 
 
 def test_cluster_layout_is_at_most_10_bytes_per_example():
@@ -187,7 +196,9 @@ def test_select_in_clusters_large_strata_with_ties_at_the_cut(sample_rate, examp
     layout, scores, eligible = as_tensors(*pool)
     for arms in ([2], [3, 1], [0, 1, 2, 3]):
         got = select_in_clusters(layout, arms, scores, eligible, sample_rate, examples)
-        assert got.tolist() == ref_select(*pool[:2], arms, *pool[2:], sample_rate=sample_rate, examples=examples)
+        assert got.tolist() == ref_select(
+            *pool[:2], arms, *pool[2:], sample_rate=sample_rate, examples=examples
+        )
 
 
 @pytest.mark.parametrize("arms", ARMS_SETS[2:])
@@ -211,7 +222,9 @@ def test_select_in_clusters_ties_broken_by_lower_id():
     clusters = torch.zeros(8, dtype=torch.long)
     groups = torch.zeros(8, dtype=torch.long)
     scores = torch.tensor([1.0, 2.0, 2.0, 0.5, 2.0, 2.0, 1.0, 2.0])
-    got = select_in_clusters(ClusterLayout(clusters, groups), [0], scores, torch.ones(8, dtype=torch.bool), None, 3)
+    got = select_in_clusters(
+        ClusterLayout(clusters, groups), [0], scores, torch.ones(8, dtype=torch.bool), None, 3
+    )
     assert got.tolist() == [1, 2, 4]
 
 
@@ -221,7 +234,9 @@ def test_select_in_clusters_never_selects_ineligible():
         layout, scores_t, eligible_t = as_tensors(clusters, groups, scores, eligible)
         got = select_in_clusters(layout, [0, 1, 2, 3, 4], scores_t, eligible_t, sample_rate=1.0)
         assert all(eligible[i] for i in got.tolist())
-        assert sorted(got.tolist()) == [i for i in range(len(eligible)) if eligible[i]]  # rate 1: all eligible
+        assert sorted(got.tolist()) == [
+            i for i in range(len(eligible)) if eligible[i]
+        ]  # rate 1: all eligible
         assert len(set(got.tolist())) == got.numel()
 
 
@@ -260,7 +275,9 @@ def test_cap_new_examples_matches_reference():
         selected = rng.sample(range(n), 25)
         budget_left = rng.randint(-2, 20)
         got = cap_new_examples(
-            torch.tensor(selected), torch.tensor(uses, dtype=torch.uint8), torch.tensor(scores, dtype=torch.float32),
+            torch.tensor(selected),
+            torch.tensor(uses, dtype=torch.uint8),
+            torch.tensor(scores, dtype=torch.float32),
             budget_left,
         )
         expected = ref_cap(selected, uses, scores, budget_left)
@@ -281,14 +298,25 @@ def test_cap_new_examples_ties_broken_by_id():
     sel = torch.tensor([5, 2])
     uses = torch.zeros(6, dtype=torch.uint8)
     scores = torch.ones(6)
-    assert cap_new_examples(sel, uses, scores, budget_left=1).tolist() == ref_cap([5, 2], [0] * 6, [1.0] * 6, 1)
+    assert cap_new_examples(sel, uses, scores, budget_left=1).tolist() == ref_cap(
+        [5, 2], [0] * 6, [1.0] * 6, 1
+    )
     assert cap_new_examples(sel, uses, scores, budget_left=1).tolist() == [2]
 
 
 # ---------------------------------------------------------------------------------------- counts
 @pytest.mark.parametrize(
     ("value", "n", "expected"),
-    [(0.5, 10, 5), (0.25, 10, 3), (1.0, 10, 10), (1e-9, 10, 1), (0.025, 600, 15), (1, 10, 1), (2.0, 10, 2), (10, 10, 10)],
+    [
+        (0.5, 10, 5),
+        (0.25, 10, 3),
+        (1.0, 10, 10),
+        (1e-9, 10, 1),
+        (0.025, 600, 15),
+        (1, 10, 1),
+        (2.0, 10, 2),
+        (10, 10, 10),
+    ],
 )
 def test_resolve_count_fraction_and_count(value, n, expected):
     got = resolve_count("budget", value, n)
@@ -303,7 +331,10 @@ def test_resolve_count_one_is_a_count_but_one_point_zero_is_a_fraction():
 @pytest.mark.parametrize(
     ("value", "match"),
     [
-        (0, r"`budget` must be a fraction in \(0, 1\] or a whole count in \[1, 10\] \(the pool size\), got 0"),
+        (
+            0,
+            r"`budget` must be a fraction in \(0, 1\] or a whole count in \[1, 10\] \(the pool size\), got 0",
+        ),
         (-3, r"`budget` must be a fraction .* got -3"),
         (-0.5, r"`budget` must be a fraction .* got -0.5"),
         (11, r"whole count in \[1, 10\] .* got 11"),

@@ -57,8 +57,9 @@ def local_checkpoint(tmp_path):  # noqa: ANN001, ANN201
     from lead_lightning.data import generate_pool
     from lead_lightning.models import tiny_causal_lm, train_bpe_tokenizer
 
-    tok = train_bpe_tokenizer([r.prompt + " " + r.response for r in generate_pool(60)], vocab_size=300,
-                              save_dir=tmp_path / "ckpt")
+    tok = train_bpe_tokenizer(
+        [r.prompt + " " + r.response for r in generate_pool(60)], vocab_size=300, save_dir=tmp_path / "ckpt"
+    )
     tiny_causal_lm(len(tok), hidden_size=32).save_pretrained(tmp_path / "ckpt")
     return tmp_path / "ckpt"
 
@@ -66,9 +67,16 @@ def local_checkpoint(tmp_path):  # noqa: ANN001, ANN201
 @pytest.fixture
 def pool_jsonl(tmp_path):  # noqa: ANN001, ANN201
     path = tmp_path / "pool.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"Add {i} and {i + 1}."},
-                          {"role": "assistant", "content": str(2 * i + 1)}], "dataset": f"src{i % 2}"}
-            for i in range(50)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Add {i} and {i + 1}."},
+                {"role": "assistant", "content": str(2 * i + 1)},
+            ],
+            "dataset": f"src{i % 2}",
+        }
+        for i in range(50)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
@@ -105,7 +113,9 @@ def test_each_option_composes_and_instantiates(group, option, local_checkpoint, 
         lora = instantiate(cfg.peft) if cfg.peft else None
         module = instantiate(cfg.model.module)(model=net, lora=lora)
         assert sum(p.requires_grad for p in module.parameters()) > 0
-        dm = instantiate(cfg.data.module)(train_records=records.train[:20], tokenizer=tok, val_records=records.val)
+        dm = instantiate(cfg.data.module)(
+            train_records=records.train[:20], tokenizer=tok, val_records=records.val
+        )
         assert dm.batch_size >= 1
     bandit = instantiate(cfg.bandit)(num_arms=3)
     assert float(bandit.probabilities().sum()) == pytest.approx(1.0)
@@ -128,11 +138,30 @@ def test_selection_bandit_combinations_compose(selection, bandit):  # noqa: ANN0
 
 
 def test_experiments_hold_their_settings(local_checkpoint, pool_jsonl):  # noqa: ANN001
-    paper = make_cfg(["experiment=paper_llama8b", f"model.path={local_checkpoint}", f"data.records.path={pool_jsonl}"])
+    paper = make_cfg(
+        ["experiment=paper_llama8b", f"model.path={local_checkpoint}", f"data.records.path={pool_jsonl}"]
+    )
     assert (paper.peft.r, paper.peft.alpha, paper.peft.dropout) == (64, 16, 0.1)
-    assert paper.peft.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    assert (paper.model.module.lr, paper.model.module.scheduler, paper.model.module.decay) == (2e-5, "paper_step", 0.995)
-    assert (paper.rounds, paper.seed, paper.data.module.max_length, paper.data.module.batch_size) == (20, 42, 3080, 8)
+    assert paper.peft.target_modules == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    assert (paper.model.module.lr, paper.model.module.scheduler, paper.model.module.decay) == (
+        2e-5,
+        "paper_step",
+        0.995,
+    )
+    assert (paper.rounds, paper.seed, paper.data.module.max_length, paper.data.module.batch_size) == (
+        20,
+        42,
+        3080,
+        8,
+    )
     s = paper.selection
     assert (s.budget, s.sample_rate, s.max_uses, s.history_weight) == (15000, 0.015, 4, 0.1)
     assert isinstance(s.budget, int)  # a count, not a fraction
@@ -143,8 +172,15 @@ def test_experiments_hold_their_settings(local_checkpoint, pool_jsonl):  # noqa:
 
 @pytest.mark.parametrize(
     "override",
-    ["selection.budgte=0.1", "selection.reward=idu", "selection.budget=abc", "selection.method=best",
-     "rounds=many", "clustering.input=tfidf", "bandit=exp4"],
+    [
+        "selection.budgte=0.1",
+        "selection.reward=idu",
+        "selection.budget=abc",
+        "selection.method=best",
+        "rounds=many",
+        "clustering.input=tfidf",
+        "bandit=exp4",
+    ],
 )
 def test_typos_and_bad_values_are_errors(override):  # noqa: ANN001
     with pytest.raises((ConfigCompositionException, ValidationError)):
@@ -243,7 +279,9 @@ def test_baselines_train_the_same_rounds(selection, tmp_path):  # noqa: ANN001
     result = train(cfg)
     history = result["history"]
     assert len(history) == 2 and math.isfinite(result["val_loss"])
-    assert history[0]["n_selected"] == history[1]["n_selected"] == 6  # LEAD's round: ceil(0.15 * 40 per family)
+    assert (
+        history[0]["n_selected"] == history[1]["n_selected"] == 6
+    )  # LEAD's round: ceil(0.15 * 40 per family)
     assert all(h["arms"] == [] and h["nan_skipped"] == 0 for h in history)
     if selection != "full":
         assert history[-1]["unique_seen"] <= math.ceil(cfg.selection.budget * 240)
@@ -278,9 +316,13 @@ def read_wandb_offline_run(path: Path) -> dict:
         rec = pb.Record.FromString(raw)
         kind = rec.WhichOneof("record_type")
         if kind == "history":
-            out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+            out["history"].append(
+                {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item}
+            )
         elif kind == "summary":
-            out["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.summary.update})
+            out["summary"].update(
+                {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.summary.update}
+            )
         elif kind == "config":
             out["config"].update({i.key: json.loads(i.value_json) for i in rec.config.update})
         elif kind == "run":
@@ -292,9 +334,11 @@ def read_wandb_offline_run(path: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
-    [["clustering=ifd_kmeans", "clustering.fn.k=3", "bandit=exp3s"],
-     ["clustering=embedding_kmeans", "clustering.fn.k=4", "bandit=thompson", "selection=random_within"],
-     ["model=hf_local", "peft=lora", "bandit=ucb", "selection.reward=val_loss_drop"]],
+    [
+        ["clustering=ifd_kmeans", "clustering.fn.k=3", "bandit=exp3s"],
+        ["clustering=embedding_kmeans", "clustering.fn.k=4", "bandit=thompson", "selection=random_within"],
+        ["model=hf_local", "peft=lora", "bandit=ucb", "selection.reward=val_loss_drop"],
+    ],
     ids=["ifd_kmeans", "embedding_kmeans", "hf_local_lora"],
 )
 def test_train_runs_other_clusterings_bandits_and_a_local_checkpoint(overrides, local_checkpoint, tmp_path):  # noqa: ANN001
@@ -326,8 +370,15 @@ def test_wandb_offline_run_holds_round_keys_and_config(tmp_path, monkeypatch):  
     rounds = [h for h in run["history"] if "lead/selected" in h]
     assert [h["lead/round"] for h in rounds] == [0, 1]
     for h in rounds:
-        for key in ("lead/unique_seen", "lead/budget_frac", "lead/idu_mean_pool", "lead/idu_mean_selected",
-                    "lead/nan_skipped", "lead/round_time_s", "trainer/global_step"):
+        for key in (
+            "lead/unique_seen",
+            "lead/budget_frac",
+            "lead/idu_mean_pool",
+            "lead/idu_mean_selected",
+            "lead/nan_skipped",
+            "lead/round_time_s",
+            "trainer/global_step",
+        ):
             assert key in h, key
         probs = [v for k, v in h.items() if k.startswith("lead/prob/cluster_")]
         assert len(probs) == 6 and sum(probs) == pytest.approx(1.0)  # uniform bandit over 6 families
@@ -339,7 +390,11 @@ def test_wandb_offline_run_holds_round_keys_and_config(tmp_path, monkeypatch):  
     summary = run["summary"]
     assert summary["lead/clusters/_type"] == "table-file" and summary["lead/clusters/nrows"] == 6
     assert summary["lead/selection_heatmap/_type"] == "image-file"
-    assert {"lead/plots/arm_probabilities/_type", "lead/plots/budget/_type", "lead/plots/eval_loss/_type"} <= set(summary)
+    assert {
+        "lead/plots/arm_probabilities/_type",
+        "lead/plots/budget/_type",
+        "lead/plots/eval_loss/_type",
+    } <= set(summary)
     assert "val/loss" in summary
 
     config = run["config"]  # the full resolved config, plus the overrides
@@ -352,9 +407,19 @@ def test_wandb_offline_run_holds_round_keys_and_config(tmp_path, monkeypatch):  
 @pytest.mark.slow
 def test_multirun_2x2_gives_each_run_its_own_outputs(tmp_path):  # noqa: ANN001
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "lead_lightning.train", "-m", "bandit=exp3,uniform",
-           "selection.sample_rate=0.05,0.1", *TINY, "logger=wandb", "report.print_summary=false",
-           "validate_before=false", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lead_lightning.train",
+        "-m",
+        "bandit=exp3,uniform",
+        "selection.sample_rate=0.05,0.1",
+        *TINY,
+        "logger=wandb",
+        "report.print_summary=false",
+        "validate_before=false",
+        f"hydra.sweep.dir={sweep}",
+    ]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -385,8 +450,18 @@ def test_multirun_2x2_gives_each_run_its_own_outputs(tmp_path):  # noqa: ANN001
 def test_ddp_sweep_runs_each_job_once_with_two_ranks(tmp_path):  # noqa: ANN001
     """Lightning re-launches the command for rank 1; inside `-m` that must be this job, not the sweep."""
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "lead_lightning.train", "-m", "trainer=ddp", "bandit=exp3,uniform", *TINY,
-           "validate_before=false", "report.print_summary=false", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lead_lightning.train",
+        "-m",
+        "trainer=ddp",
+        "bandit=exp3,uniform",
+        *TINY,
+        "validate_before=false",
+        "report.print_summary=false",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p for p in sweep.iterdir() if p.is_dir())
@@ -395,5 +470,7 @@ def test_ddp_sweep_runs_each_job_once_with_two_ranks(tmp_path):  # noqa: ANN001
         assert (run / "train_ddp_process_1.log").exists()  # rank 1 ran inside this job's directory
         hist = json.loads((run / "history.json").read_text())["history"]
         assert len(hist) == 2
-    assert proc.stdout.count("Starting with 2 processes") + proc.stderr.count("Starting with 2 processes") == 2
+    assert (
+        proc.stdout.count("Starting with 2 processes") + proc.stderr.count("Starting with 2 processes") == 2
+    )
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()

@@ -12,7 +12,9 @@ from lead_lightning.app.builders import round_size
 
 def make_pool(n: int = 40) -> PoolIndex:
     ifd = torch.linspace(0.1, 1.3, n)  # ids with ifd > 1 are degenerate
-    return PoolIndex(clusters=torch.arange(n) % 4, groups=(torch.arange(n) // 4) % 2, iu0=torch.ones(n), ifd=ifd)
+    return PoolIndex(
+        clusters=torch.arange(n) % 4, groups=(torch.arange(n) // 4) % 2, iu0=torch.ones(n), ifd=ifd
+    )
 
 
 def test_full_walks_the_whole_pool_before_repeating():

@@ -46,8 +46,17 @@ HERE = Path(__file__).resolve().parent
 GSM8K_DIR = Path("/work/shared/data/gsm8k")
 NOISY = "noisy_add"
 
-METHODS = ["full", "random", "static_ifd", "static_loss", "lead", "lead_uniform", "lead_random_within",
-           "iterative_reinference", "lead_ifd_kmeans"]
+METHODS = [
+    "full",
+    "random",
+    "static_ifd",
+    "static_loss",
+    "lead",
+    "lead_uniform",
+    "lead_random_within",
+    "iterative_reinference",
+    "lead_ifd_kmeans",
+]
 # method -> (selection option, bandit option) of conf/ (None: built here)
 APP = {
     "full": ("full", "exp3"),
@@ -58,21 +67,79 @@ APP = {
     "lead_random_within": ("random_within", "exp3"),
     "lead_ifd_kmeans": ("lead", "exp3"),
 }
-USES_OFFLINE_SCORES = {"static_ifd", "static_loss", "lead", "lead_uniform", "lead_random_within", "lead_ifd_kmeans"}
+USES_OFFLINE_SCORES = {
+    "static_ifd",
+    "static_loss",
+    "lead",
+    "lead_uniform",
+    "lead_random_within",
+    "lead_ifd_kmeans",
+}
 # LEAD's arms: one cluster per task family (label) by default; lead_ifd_kmeans: the paper's 7 IFD k-means
 # clusters (no per-family stratification, so it trains the same examples per round as the others).
 
 # Study sizes. rounds x per_round example-steps for every method; per_round = budget * pool / cover_rounds.
 PRESETS: dict[str, dict[str, Any]] = {
-    "full": dict(n_gsm8k=600, n_gen=600, n_eval_gsm8k=60, n_eval_gen=90, n_acc=10, acc_tokens=48,
-                 vocab=700, hidden=48, layers=2, heads=4, max_length=160, pretrain_steps=200,
-                 pretrain_batch=16, lr=3e-3, batch_size=8, rounds=10, cover_rounds=3, min_per_round=8),
-    "quick": dict(n_gsm8k=200, n_gen=200, n_eval_gsm8k=30, n_eval_gen=45, n_acc=5, acc_tokens=32,
-                  vocab=500, hidden=48, layers=2, heads=4, max_length=128, pretrain_steps=60,
-                  pretrain_batch=16, lr=3e-3, batch_size=8, rounds=5, cover_rounds=2, min_per_round=8),
-    "tiny": dict(n_gsm8k=40, n_gen=60, n_eval_gsm8k=8, n_eval_gen=12, n_acc=2, acc_tokens=8,
-                 vocab=300, hidden=32, layers=1, heads=2, max_length=96, pretrain_steps=5,
-                 pretrain_batch=8, lr=3e-3, batch_size=8, rounds=2, cover_rounds=1, min_per_round=8),
+    "full": dict(
+        n_gsm8k=600,
+        n_gen=600,
+        n_eval_gsm8k=60,
+        n_eval_gen=90,
+        n_acc=10,
+        acc_tokens=48,
+        vocab=700,
+        hidden=48,
+        layers=2,
+        heads=4,
+        max_length=160,
+        pretrain_steps=200,
+        pretrain_batch=16,
+        lr=3e-3,
+        batch_size=8,
+        rounds=10,
+        cover_rounds=3,
+        min_per_round=8,
+    ),
+    "quick": dict(
+        n_gsm8k=200,
+        n_gen=200,
+        n_eval_gsm8k=30,
+        n_eval_gen=45,
+        n_acc=5,
+        acc_tokens=32,
+        vocab=500,
+        hidden=48,
+        layers=2,
+        heads=4,
+        max_length=128,
+        pretrain_steps=60,
+        pretrain_batch=16,
+        lr=3e-3,
+        batch_size=8,
+        rounds=5,
+        cover_rounds=2,
+        min_per_round=8,
+    ),
+    "tiny": dict(
+        n_gsm8k=40,
+        n_gen=60,
+        n_eval_gsm8k=8,
+        n_eval_gen=12,
+        n_acc=2,
+        acc_tokens=8,
+        vocab=300,
+        hidden=32,
+        layers=1,
+        heads=2,
+        max_length=96,
+        pretrain_steps=5,
+        pretrain_batch=8,
+        lr=3e-3,
+        batch_size=8,
+        rounds=2,
+        cover_rounds=1,
+        min_per_round=8,
+    ),
 }
 
 
@@ -96,15 +163,19 @@ def load_data(s: dict[str, Any], gsm8k_dir: Path) -> dict[str, Any]:
         pool += [train[i] for i in sorted(idx.tolist())]
         eval_gsm8k = read_gsm8k(gsm8k_dir / "test.jsonl")[: s["n_eval_gsm8k"]]
     else:
-        _log(f"GSM8K not found in {gsm8k_dir} (train.jsonl/test.jsonl): the pool is generated tasks only;"
-             " GSM8K eval loss and accuracy are reported as nan.")
+        _log(
+            f"GSM8K not found in {gsm8k_dir} (train.jsonl/test.jsonl): the pool is generated tasks only;"
+            " GSM8K eval loss and accuracy are reported as nan."
+        )
     pool += generate_pool(s["n_gen"], seed=0)
     clean = [f for f in ("copy", "reverse", "sort_letters", "add", "multiply")]
     eval_gen = generate_pool(s["n_eval_gen"], seed=1_000_003, families=clean)
     return {"pool": pool, "eval_gsm8k": eval_gsm8k, "eval_gen": eval_gen, "has_gsm8k": bool(eval_gsm8k)}
 
 
-def pretrain_base(s: dict[str, Any], pool: list[InstructionRecord], cache: Path) -> tuple[Path, dict[str, Any]]:
+def pretrain_base(
+    s: dict[str, Any], pool: list[InstructionRecord], cache: Path
+) -> tuple[Path, dict[str, Any]]:
     """Tokenizer + tiny Llama pre-trained as a plain LM on the pool's raw text; cached by its settings."""
     keys = ("vocab", "hidden", "layers", "heads", "max_length", "pretrain_steps", "pretrain_batch", "lr")
     settings = {k: s[k] for k in keys} | {"pool": _key([(r.prompt, r.response) for r in pool])}
@@ -117,8 +188,14 @@ def pretrain_base(s: dict[str, Any], pool: list[InstructionRecord], cache: Path)
     base.mkdir(parents=True, exist_ok=True)
     tok = pool_bpe_tokenizer(pool, vocab_size=s["vocab"])
     tok.save_pretrained(base)
-    model = tiny_causal_lm(len(tok), hidden_size=s["hidden"], num_layers=s["layers"], num_heads=s["heads"],
-                           max_position=max(256, s["max_length"]), seed=0)
+    model = tiny_causal_lm(
+        len(tok),
+        hidden_size=s["hidden"],
+        num_layers=s["layers"],
+        num_heads=s["heads"],
+        max_position=max(256, s["max_length"]),
+        seed=0,
+    )
     texts = [f"{r.prompt}\n{r.response}" for r in pool]
     enc = [tok(t)["input_ids"][: s["max_length"] - 1] + [tok.eos_token_id] for t in texts]
     opt = torch.optim.AdamW(model.parameters(), lr=s["lr"])
@@ -137,10 +214,16 @@ def pretrain_base(s: dict[str, Any], pool: list[InstructionRecord], cache: Path)
         opt.step()
         losses.append(loss.item())
     model.save_pretrained(base)
-    meta = {"settings": settings, "pretrain_s": time.perf_counter() - t0,
-            "loss_first": losses[0], "loss_last": statistics.fmean(losses[-10:])}
+    meta = {
+        "settings": settings,
+        "pretrain_s": time.perf_counter() - t0,
+        "loss_first": losses[0],
+        "loss_last": statistics.fmean(losses[-10:]),
+    }
     meta_path.write_text(json.dumps(meta, indent=1))
-    _log(f"base ready: LM loss {meta['loss_first']:.3f} -> {meta['loss_last']:.3f} in {meta['pretrain_s']:.1f} s")
+    _log(
+        f"base ready: LM loss {meta['loss_first']:.3f} -> {meta['loss_last']:.3f} in {meta['pretrain_s']:.1f} s"
+    )
     return base, meta
 
 
@@ -149,13 +232,22 @@ def make_module(base: Path, s: dict[str, Any], lr: float) -> CausalLMModule:
 
 
 def make_dm(s: dict[str, Any], records: list[InstructionRecord], tok: Any) -> InstructionDataModule:
-    dm = InstructionDataModule(records, tok, max_length=s["max_length"], batch_size=s["batch_size"],
-                               eval_batch_size=64, truncation="truncate_prompt", seed=0)
+    dm = InstructionDataModule(
+        records,
+        tok,
+        max_length=s["max_length"],
+        batch_size=s["batch_size"],
+        eval_batch_size=64,
+        truncation="truncate_prompt",
+        seed=0,
+    )
     dm.setup("fit")
     return dm
 
 
-def offline_scores(base: Path, s: dict[str, Any], data: dict[str, Any]) -> tuple[dict[str, torch.Tensor], float]:
+def offline_scores(
+    base: Path, s: dict[str, Any], data: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], float]:
     """One scoring pass of the pool with the base model (iu0, IFD); cached with its measured time."""
     path = base / "scores.pt"
     if path.is_file():
@@ -163,8 +255,11 @@ def offline_scores(base: Path, s: dict[str, Any], data: dict[str, Any]) -> tuple
         return blob["scores"], float(blob["time_s"])
     tok = load_tokenizer(base)
     t0 = time.perf_counter()
-    scores = score_pool(make_module(base, s, s["lr"]), make_dm(s, data["pool"], tok),
-                        {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False})
+    scores = score_pool(
+        make_module(base, s, s["lr"]),
+        make_dm(s, data["pool"], tok),
+        {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
+    )
     dt = time.perf_counter() - t0
     torch.save({"scores": scores, "time_s": dt}, path)
     _log(f"offline scoring of {len(data['pool'])} examples: {dt:.1f} s")
@@ -181,8 +276,11 @@ def compose_app(selection: str, bandit: str, overrides: list[str]) -> Any:
 
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"selection={selection}", f"bandit={bandit}", "clustering=label",
-                                          *overrides], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[f"selection={selection}", f"bandit={bandit}", "clustering=label", *overrides],
+            return_hydra_config=True,
+        )
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = "unused"
@@ -198,8 +296,9 @@ class IterativeReinference(Callback):
     re-scoring time (``rescore_s``), which is this method's "scoring" cost.
     """
 
-    def __init__(self, pool: PoolIndex, dm: InstructionDataModule, per_round: int, rounds: int,
-                 max_uses: int = 4) -> None:
+    def __init__(
+        self, pool: PoolIndex, dm: InstructionDataModule, per_round: int, rounds: int, max_uses: int = 4
+    ) -> None:
         super().__init__()
         self.pool, self.dm, self.per_round, self.max_uses, self.rounds = pool, dm, per_round, max_uses, rounds
         self.sampler = RoundSampler(self.current_subset)
@@ -221,7 +320,9 @@ class IterativeReinference(Callback):
         was_training = module.training
         module.eval()
         losses = torch.full((len(self.pool),), math.nan)
-        loader = torch.utils.data.DataLoader(self.dm.train_dataset, batch_size=64, collate_fn=self.dm.collator)
+        loader = torch.utils.data.DataLoader(
+            self.dm.train_dataset, batch_size=64, collate_fn=self.dm.collator
+        )
         for batch in loader:
             losses[batch["ids"]] = module(batch).per_example_loss.float()
             self.forward_passes += int(batch["ids"].numel())
@@ -235,21 +336,30 @@ class IterativeReinference(Callback):
         if self.round not in self._selected:
             loss = self._rescore().nan_to_num(nan=-math.inf)
             loss[self.uses >= self.max_uses] = -math.inf
-            self._selected[self.round] = torch.sort(loss, descending=True, stable=True).indices[: self.per_round]
+            self._selected[self.round] = torch.sort(loss, descending=True, stable=True).indices[
+                : self.per_round
+            ]
         return self._selected[self.round]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ids = self.current_subset()
         self.uses[ids] += 1
-        self.history.append({
-            "round": self.round, "n_selected": int(ids.numel()),
-            "selected_per_cluster": torch.bincount(self.pool.clusters[ids], minlength=self.pool.num_clusters).tolist(),
-            "unique_seen": int((self.uses > 0).sum()),
-        })
+        self.history.append(
+            {
+                "round": self.round,
+                "n_selected": int(ids.numel()),
+                "selected_per_cluster": torch.bincount(
+                    self.pool.clusters[ids], minlength=self.pool.num_clusters
+                ).tolist(),
+                "unique_seen": int((self.uses > 0).sum()),
+            }
+        )
         self.round += 1
 
 
-def static_loss_callback(pool: PoolIndex, budget: int, per_round: int, seed: int) -> BaselineSelectionCallback:
+def static_loss_callback(
+    pool: PoolIndex, budget: int, per_round: int, seed: int
+) -> BaselineSelectionCallback:
     """Static top-loss (PPL) selection: the ``budget`` examples with the highest base-model loss (iu0)."""
     cb = BaselineSelectionCallback(pool, "random", budget=budget, per_round=per_round, seed=seed)
     iu0 = pool.iu0.double().nan_to_num(nan=-math.inf)
@@ -261,8 +371,13 @@ def static_loss_callback(pool: PoolIndex, budget: int, per_round: int, seed: int
 class Timed:
     """Accumulates the time spent in a callback's selection hooks (the selection cost)."""
 
-    HOOKS = ("current_subset", "on_train_epoch_start", "on_train_batch_end", "on_train_epoch_end",
-             "on_train_start")
+    HOOKS = (
+        "current_subset",
+        "on_train_epoch_start",
+        "on_train_batch_end",
+        "on_train_epoch_end",
+        "on_train_start",
+    )
 
     def __init__(self, cb: Any) -> None:
         self.s = 0.0
@@ -315,8 +430,9 @@ class EvalRecorder(Callback):
         self._t0 = time.perf_counter()
         self.curve.append({"round": -1, "example_steps": 0, "fit_s": 0.0, **self.evaluate(pl_module)})
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.example_steps += int(batch["ids"].numel())
         self._round_steps += torch.bincount(self.family[batch["ids"].cpu()], minlength=self.n_families)
 
@@ -324,8 +440,14 @@ class EvalRecorder(Callback):
         fit_s = time.perf_counter() - self._t0 - self.eval_s
         self.family_steps.append(self._round_steps.tolist())
         self._round_steps = torch.zeros(self.n_families, dtype=torch.long)
-        self.curve.append({"round": trainer.current_epoch, "example_steps": self.example_steps, "fit_s": fit_s,
-                           **self.evaluate(pl_module)})
+        self.curve.append(
+            {
+                "round": trainer.current_epoch,
+                "example_steps": self.example_steps,
+                "fit_s": fit_s,
+                **self.evaluate(pl_module),
+            }
+        )
 
 
 def _number(text: str) -> str | None:
@@ -344,16 +466,30 @@ def gsm8k_accuracy(model: Any, tok: Any, records: list[InstructionRecord], max_n
     hits = 0
     for r in records:
         ids = torch.tensor([tok(tmpl.render_prompt(r.prompt))["input_ids"]])
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        pred = _number(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        pred = _number(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
         hits += int(pred is not None and pred == _number(r.response))
     return hits / len(records)
 
 
 # ----------------------------------------------------------------------------- one run
-def run_one(method: str, budget_frac: float, seed: int, s: dict[str, Any], data: dict[str, Any], base: Path,
-            scores: dict[str, torch.Tensor], scoring_s: float) -> dict[str, Any]:
+def run_one(
+    method: str,
+    budget_frac: float,
+    seed: int,
+    s: dict[str, Any],
+    data: dict[str, Any],
+    base: Path,
+    scores: dict[str, torch.Tensor],
+    scoring_s: float,
+) -> dict[str, Any]:
     tok = load_tokenizer(base)
     pool_records = data["pool"]
     n = len(pool_records)
@@ -376,9 +512,18 @@ def run_one(method: str, budget_frac: float, seed: int, s: dict[str, Any], data:
     module = make_module(base, s, s["lr"])
     if method in APP:
         sel, bandit = APP[method]
-        cfg = compose_app(sel, bandit, [f"seed={seed}", f"rounds={rounds}", f"selection.budget={budget}",
-                                        f"selection.sample_rate={per_round}"])
+        cfg = compose_app(
+            sel,
+            bandit,
+            [
+                f"seed={seed}",
+                f"rounds={rounds}",
+                f"selection.budget={budget}",
+                f"selection.sample_rate={per_round}",
+            ],
+        )
         from hydra.utils import instantiate
+
         selection = build_selection(cfg.selection, pool, instantiate(cfg.bandit), rounds, seed)
         lr = float(cfg.model.module.lr)
         module = make_module(base, s, lr)
@@ -398,9 +543,19 @@ def run_one(method: str, budget_frac: float, seed: int, s: dict[str, Any], data:
     families = sorted(set(groups))
     family = torch.tensor([families.index(g) for g in groups])
     rec = EvalRecorder(eval_sets, family, len(families))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=rounds, logger=False, callbacks=[selection, rec],
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=rounds,
+        logger=False,
+        callbacks=[selection, rec],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+    )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -412,27 +567,56 @@ def run_one(method: str, budget_frac: float, seed: int, s: dict[str, Any], data:
     selection_s = timer.s - rescore_s
     offline = scoring_s if method in USES_OFFLINE_SCORES else 0.0
     pool_fwd = (2 * n if method in USES_OFFLINE_SCORES else 0) + getattr(selection, "forward_passes", 0)
-    history = [{k: e[k] for k in ("round", "n_selected", "selected_per_cluster", "arms", "probs", "reward")
-                if k in e} for e in selection.history]
-    history = json.loads(json.dumps(history, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
+    history = [
+        {
+            k: e[k]
+            for k in ("round", "n_selected", "selected_per_cluster", "arms", "probs", "reward")
+            if k in e
+        }
+        for e in selection.history
+    ]
+    history = json.loads(
+        json.dumps(history, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x))
+    )
     per_cluster = [sum(h["selected_per_cluster"][k] for h in history) for k in range(len(names))]
     fam_total = [sum(r[k] for r in rec.family_steps) for k in range(len(families))]
     noisy = families.index(NOISY) if NOISY in families else None
     final = rec.curve[-1]
     return {
-        "method": method, "budget": budget_frac, "budget_count": budget, "seed": seed, "pool_size": n,
-        "per_round": per_round, "rounds": rounds, "rounds_run": len(history),
-        "eval_loss_gsm8k": final.get("gsm8k", math.nan), "eval_loss_gen": final["gen"],
-        "eval_loss_gsm8k_base": rec.curve[0].get("gsm8k", math.nan), "eval_loss_gen_base": rec.curve[0]["gen"],
-        "gsm8k_accuracy": acc, "n_acc": min(s["n_acc"], len(data["eval_gsm8k"])),
-        "time": {"offline_scoring_s": offline, "online_rescoring_s": rescore_s, "selection_s": selection_s,
-                 "training_s": fit_s - rec.eval_s - timer.s, "eval_s": rec.eval_s},
+        "method": method,
+        "budget": budget_frac,
+        "budget_count": budget,
+        "seed": seed,
+        "pool_size": n,
+        "per_round": per_round,
+        "rounds": rounds,
+        "rounds_run": len(history),
+        "eval_loss_gsm8k": final.get("gsm8k", math.nan),
+        "eval_loss_gen": final["gen"],
+        "eval_loss_gsm8k_base": rec.curve[0].get("gsm8k", math.nan),
+        "eval_loss_gen_base": rec.curve[0]["gen"],
+        "gsm8k_accuracy": acc,
+        "n_acc": min(s["n_acc"], len(data["eval_gsm8k"])),
+        "time": {
+            "offline_scoring_s": offline,
+            "online_rescoring_s": rescore_s,
+            "selection_s": selection_s,
+            "training_s": fit_s - rec.eval_s - timer.s,
+            "eval_s": rec.eval_s,
+        },
         "wall_s": offline + fit_s - rec.eval_s,
-        "example_steps": rec.example_steps, "pool_forward_passes": pool_fwd,
+        "example_steps": rec.example_steps,
+        "pool_forward_passes": pool_fwd,
         # share of the trained example-steps that came from the planted noisy family
-        "noisy_share": fam_total[noisy] / sum(fam_total) if noisy is not None and sum(fam_total) else math.nan,
-        "cluster_names": names, "selected_per_cluster": per_cluster,
-        "families": families, "family_steps_per_round": rec.family_steps, "history": history, "curve": rec.curve,
+        "noisy_share": fam_total[noisy] / sum(fam_total)
+        if noisy is not None and sum(fam_total)
+        else math.nan,
+        "cluster_names": names,
+        "selected_per_cluster": per_cluster,
+        "families": families,
+        "family_steps_per_round": rec.family_steps,
+        "history": history,
+        "curve": rec.curve,
         "stop_reason": getattr(selection, "stop_reason", None),
     }
 
@@ -448,28 +632,61 @@ def _ms(xs: list[float], fmt: str = "{:.3f}") -> str:
 
 
 def write_table(results: list[dict[str, Any]], path: Path, header: str) -> str:
-    cols = ["method", "eval loss GSM8K", "eval loss gen", "GSM8K acc", "end-to-end s", "offline scoring s",
-            "re-scoring s", "selection s", "training s", "example-steps", "pool fwd passes", "noisy share"]
+    cols = [
+        "method",
+        "eval loss GSM8K",
+        "eval loss gen",
+        "GSM8K acc",
+        "end-to-end s",
+        "offline scoring s",
+        "re-scoring s",
+        "selection s",
+        "training s",
+        "example-steps",
+        "pool fwd passes",
+        "noisy share",
+    ]
     lines = [header, ""]
     for b in sorted({r["budget"] for r in results}):
         rows = [r for r in results if r["budget"] == b]
         seeds = sorted({r["seed"] for r in rows})
-        lines += [f"### budget {b:g} of the pool ({rows[0]['budget_count']} unique examples, "
-                  f"{rows[0]['rounds']} rounds x {rows[0]['per_round']} examples; seeds {seeds})", "",
-                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += [
+            f"### budget {b:g} of the pool ({rows[0]['budget_count']} unique examples, "
+            f"{rows[0]['rounds']} rounds x {rows[0]['per_round']} examples; seeds {seeds})",
+            "",
+            "| " + " | ".join(cols) + " |",
+            "|" + "---|" * len(cols),
+        ]
         for m in [m for m in METHODS if any(r["method"] == m for r in rows)]:
             rs = [r for r in rows if r["method"] == m]
             t = [r["time"] for r in rs]
-            lines.append("| " + " | ".join([
-                m, _ms([r["eval_loss_gsm8k"] for r in rs]), _ms([r["eval_loss_gen"] for r in rs]),
-                _ms([r["gsm8k_accuracy"] for r in rs], "{:.2f}"), _ms([r["wall_s"] for r in rs], "{:.1f}"),
-                _ms([x["offline_scoring_s"] for x in t], "{:.1f}"), _ms([x["online_rescoring_s"] for x in t], "{:.1f}"),
-                _ms([x["selection_s"] for x in t], "{:.2f}"), _ms([x["training_s"] for x in t], "{:.1f}"),
-                _ms([r["example_steps"] for r in rs], "{:.0f}"), _ms([r["pool_forward_passes"] for r in rs], "{:.0f}"),
-                _ms([r["noisy_share"] for r in rs], "{:.3f}")]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        m,
+                        _ms([r["eval_loss_gsm8k"] for r in rs]),
+                        _ms([r["eval_loss_gen"] for r in rs]),
+                        _ms([r["gsm8k_accuracy"] for r in rs], "{:.2f}"),
+                        _ms([r["wall_s"] for r in rs], "{:.1f}"),
+                        _ms([x["offline_scoring_s"] for x in t], "{:.1f}"),
+                        _ms([x["online_rescoring_s"] for x in t], "{:.1f}"),
+                        _ms([x["selection_s"] for x in t], "{:.2f}"),
+                        _ms([x["training_s"] for x in t], "{:.1f}"),
+                        _ms([r["example_steps"] for r in rs], "{:.0f}"),
+                        _ms([r["pool_forward_passes"] for r in rs], "{:.0f}"),
+                        _ms([r["noisy_share"] for r in rs], "{:.3f}"),
+                    ]
+                )
+                + " |"
+            )
         base = rows[0]
-        lines += ["", f"Base model before tuning: eval loss GSM8K {base['eval_loss_gsm8k_base']:.3f}, "
-                      f"gen {base['eval_loss_gen_base']:.3f}.", ""]
+        lines += [
+            "",
+            f"Base model before tuning: eval loss GSM8K {base['eval_loss_gsm8k_base']:.3f}, "
+            f"gen {base['eval_loss_gen_base']:.3f}.",
+            "",
+        ]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -487,16 +704,26 @@ def headline(results: list[dict[str, Any]]) -> str:
         g = lambda m, f, b=b: mean(m, b, f)  # noqa: E731
         gs, gen = (lambda r: r["eval_loss_gsm8k"]), (lambda r: r["eval_loss_gen"])
         parts = [f"budget {b:g}:"]
-        parts.append(f"LEAD - full eval loss GSM8K {g('lead', gs) - g('full', gs):+.3f}, gen {g('lead', gen) - g('full', gen):+.3f};")
-        parts.append(f"iterative/LEAD wall {g('iterative_reinference', lambda r: r['wall_s']) / g('lead', lambda r: r['wall_s']):.2f}x,"
-                     f" pool fwd {g('iterative_reinference', lambda r: r['pool_forward_passes']) / max(g('lead', lambda r: r['pool_forward_passes']), 1):.2f}x,"
-                     f" eval loss GSM8K LEAD - iterative {g('lead', gs) - g('iterative_reinference', gs):+.3f};")
-        parts.append(f"noisy share LEAD {g('lead', lambda r: r['noisy_share']):.3f} vs random {g('random', lambda r: r['noisy_share']):.3f}"
-                     f" vs iterative {g('iterative_reinference', lambda r: r['noisy_share']):.3f};")
-        parts.append(f"ablations (eval loss gen/GSM8K) no-MAB {g('lead_uniform', gen):.3f}/{g('lead_uniform', gs):.3f},"
-                     f" no-IDU {g('lead_random_within', gen):.3f}/{g('lead_random_within', gs):.3f}, LEAD {g('lead', gen):.3f}/{g('lead', gs):.3f}")
-        parts.append(f"; LEAD with IFD k-means arms: eval loss gen/GSM8K {g('lead_ifd_kmeans', gen):.3f}/{g('lead_ifd_kmeans', gs):.3f},"
-                     f" noisy share {g('lead_ifd_kmeans', lambda r: r['noisy_share']):.3f}")
+        parts.append(
+            f"LEAD - full eval loss GSM8K {g('lead', gs) - g('full', gs):+.3f}, gen {g('lead', gen) - g('full', gen):+.3f};"
+        )
+        parts.append(
+            f"iterative/LEAD wall {g('iterative_reinference', lambda r: r['wall_s']) / g('lead', lambda r: r['wall_s']):.2f}x,"
+            f" pool fwd {g('iterative_reinference', lambda r: r['pool_forward_passes']) / max(g('lead', lambda r: r['pool_forward_passes']), 1):.2f}x,"
+            f" eval loss GSM8K LEAD - iterative {g('lead', gs) - g('iterative_reinference', gs):+.3f};"
+        )
+        parts.append(
+            f"noisy share LEAD {g('lead', lambda r: r['noisy_share']):.3f} vs random {g('random', lambda r: r['noisy_share']):.3f}"
+            f" vs iterative {g('iterative_reinference', lambda r: r['noisy_share']):.3f};"
+        )
+        parts.append(
+            f"ablations (eval loss gen/GSM8K) no-MAB {g('lead_uniform', gen):.3f}/{g('lead_uniform', gs):.3f},"
+            f" no-IDU {g('lead_random_within', gen):.3f}/{g('lead_random_within', gs):.3f}, LEAD {g('lead', gen):.3f}/{g('lead', gs):.3f}"
+        )
+        parts.append(
+            f"; LEAD with IFD k-means arms: eval loss gen/GSM8K {g('lead_ifd_kmeans', gen):.3f}/{g('lead_ifd_kmeans', gs):.3f},"
+            f" noisy share {g('lead_ifd_kmeans', lambda r: r['noisy_share']):.3f}"
+        )
         out.append(" ".join(parts))
     return "\n".join(out)
 
@@ -513,8 +740,10 @@ def make_plots(results: list[dict[str, Any]], out: Path) -> list[Path]:
     rows = [r for r in results if r["budget"] == b]
     seed = min(r["seed"] for r in rows)
     sets = [k for k in ("gsm8k", "gen") if any(k in c for r in rows for c in r["curve"])]
-    for xkey, xlabel, fname in (("example_steps", "example-steps", "eval_loss_vs_example_steps.png"),
-                                ("wall", "end-to-end wall time (s, offline scoring included)", "eval_loss_vs_wall_time.png")):
+    for xkey, xlabel, fname in (
+        ("example_steps", "example-steps", "eval_loss_vs_example_steps.png"),
+        ("wall", "end-to-end wall time (s, offline scoring included)", "eval_loss_vs_wall_time.png"),
+    ):
         fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4), squeeze=False)
         for ax, k in zip(axes[0], sets, strict=False):
             for m in METHODS:
@@ -560,7 +789,9 @@ def make_plots(results: list[dict[str, Any]], out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="small sizes, one budget and one seed (a few minutes)")
+    size.add_argument(
+        "--quick", action="store_true", help="small sizes, one budget and one seed (a few minutes)"
+    )
     size.add_argument("--tiny", action="store_true", help="smallest sizes (the CI smoke test)")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--budgets", type=float, nargs="+", default=None)
@@ -570,9 +801,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--gsm8k-dir", type=Path, default=GSM8K_DIR)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--rounds", type=int, default=None, help="override the preset's rounds")
-    p.add_argument("--cover-rounds", type=int, default=None,
-                   help="override: examples per round = budget / cover_rounds (rounds to spend the unique budget)")
-    p.add_argument("--min-per-round", type=int, default=None, help="override the preset's least examples per round")
+    p.add_argument(
+        "--cover-rounds",
+        type=int,
+        default=None,
+        help="override: examples per round = budget / cover_rounds (rounds to spend the unique budget)",
+    )
+    p.add_argument(
+        "--min-per-round", type=int, default=None, help="override the preset's least examples per round"
+    )
     args = p.parse_args(argv)
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"
     s = dict(PRESETS[preset])
@@ -600,15 +837,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 r = run_one(m, b, seed, s, data, base, scores, scoring_s)
                 path.write_text(json.dumps(r, indent=1))
                 results.append(r)
-                _log(f"{m:>22} b={b:g} s={seed}: eval gsm8k {r['eval_loss_gsm8k']:.3f} gen {r['eval_loss_gen']:.3f}"
-                     f" acc {r['gsm8k_accuracy']:.2f} wall {r['wall_s']:.1f}s fwd {r['pool_forward_passes']}"
-                     f" noisy {r['noisy_share']:.3f}")
-    header = (f"## Results ({preset} preset: pool {len(data['pool'])} = {s['n_gsm8k'] if data['has_gsm8k'] else 0} GSM8K"
-              f" + {s['n_gen']} generated; tiny Llama h={s['hidden']} L={s['layers']}, base LM pre-trained"
-              f" {s['pretrain_steps']} steps; eval: {len(data['eval_gsm8k'])} GSM8K test, {len(data['eval_gen'])}"
-              f" held-out generated; accuracy on {min(s['n_acc'], len(data['eval_gsm8k']))} GSM8K test problems)\n\n"
-              f"Command: `python benchmarks/e2e/run.py {' '.join(argv if argv is not None else sys.argv[1:])}`."
-              f" Offline scoring of the pool (once, shared): {scoring_s:.1f} s.")
+                _log(
+                    f"{m:>22} b={b:g} s={seed}: eval gsm8k {r['eval_loss_gsm8k']:.3f} gen {r['eval_loss_gen']:.3f}"
+                    f" acc {r['gsm8k_accuracy']:.2f} wall {r['wall_s']:.1f}s fwd {r['pool_forward_passes']}"
+                    f" noisy {r['noisy_share']:.3f}"
+                )
+    header = (
+        f"## Results ({preset} preset: pool {len(data['pool'])} = {s['n_gsm8k'] if data['has_gsm8k'] else 0} GSM8K"
+        f" + {s['n_gen']} generated; tiny Llama h={s['hidden']} L={s['layers']}, base LM pre-trained"
+        f" {s['pretrain_steps']} steps; eval: {len(data['eval_gsm8k'])} GSM8K test, {len(data['eval_gen'])}"
+        f" held-out generated; accuracy on {min(s['n_acc'], len(data['eval_gsm8k']))} GSM8K test problems)\n\n"
+        f"Command: `python benchmarks/e2e/run.py {' '.join(argv if argv is not None else sys.argv[1:])}`."
+        f" Offline scoring of the pool (once, shared): {scoring_s:.1f} s."
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     table = write_table(results, args.out / "results.md", header)
     lines = headline(results)

@@ -59,7 +59,9 @@ class BaselineSelectionCallback(Callback):
         seed: seeds the choice and the shuffles.
     """
 
-    def __init__(self, pool: PoolIndex, method: str, budget: float | int, per_round: int, seed: int = 42) -> None:
+    def __init__(
+        self, pool: PoolIndex, method: str, budget: float | int, per_round: int, seed: int = 42
+    ) -> None:
         super().__init__()
         if method not in BASELINES:
             raise ValueError(f"`method` must be one of {list(BASELINES)}, got {method!r}.")
@@ -80,7 +82,9 @@ class BaselineSelectionCallback(Callback):
         m, start = len(self.subset), self.round * self.per_round
         out = []
         for p in range(start // m, (start + self.per_round - 1) // m + 1):
-            perm = self.subset[torch.randperm(m, generator=torch.Generator().manual_seed(self.seed * 7919 + p))]
+            perm = self.subset[
+                torch.randperm(m, generator=torch.Generator().manual_seed(self.seed * 7919 + p))
+            ]
             lo, hi = max(start - p * m, 0), min(start + self.per_round - p * m, m)
             out.append(perm[lo:hi])
         return torch.cat(out)
@@ -112,7 +116,9 @@ class BaselineSelectionCallback(Callback):
             "round": self.round,
             "arms": [],
             "n_selected": int(ids.numel()),
-            "selected_per_cluster": torch.bincount(self.pool.clusters[ids], minlength=self.pool.num_clusters).tolist(),
+            "selected_per_cluster": torch.bincount(
+                self.pool.clusters[ids], minlength=self.pool.num_clusters
+            ).tolist(),
             "reward_raw": {},
             "reward": {},
             "probs": [],

@@ -100,7 +100,9 @@ def build_pool(
         column = scores["ifd"].clone()
         bad = ~torch.isfinite(column)
         if bool(bad.any()):  # e.g. a response scored 0 alone: put it with the most difficult
-            rank_zero_warn(f"{int(bad.sum())} example(s) have a non-finite IFD; clustered as the highest IFD.")
+            rank_zero_warn(
+                f"{int(bad.sum())} example(s) have a non-finite IFD; clustered as the highest IFD."
+            )
             column[bad] = column[~bad].max() if bool((~bad).any()) else 1.0
     clusters = cluster_fn(column)
     pool = build_pool_index(scores, clusters, groups if clustering.stratify else None)
@@ -108,7 +110,9 @@ def build_pool(
         names = [str(x) for x in sorted(set(groups))]
     else:
         ifd = pool.ifd if pool.ifd is not None else torch.full((len(pool),), math.nan)
-        names = [f"c{k} (ifd {float(ifd[pool.clusters == k].nanmean()):.3f})" for k in range(pool.num_clusters)]
+        names = [
+            f"c{k} (ifd {float(ifd[pool.clusters == k].nanmean()):.3f})" for k in range(pool.num_clusters)
+        ]
     return pool, names
 
 
@@ -131,7 +135,11 @@ def build_selection(
     budget, sample_rate = cfg.budget, cfg.sample_rate
     if method != SelectionMethod.lead:
         return BaselineSelectionCallback(
-            pool, method.value, budget=budget, per_round=round_size(pool, sample_rate, cfg.arms_per_round), seed=seed
+            pool,
+            method.value,
+            budget=budget,
+            per_round=round_size(pool, sample_rate, cfg.arms_per_round),
+            seed=seed,
         )
     return LeadSelectionCallback(
         pool,

@@ -60,10 +60,14 @@ def gsm8k_split(
             " downloaded). HINT: set LEAD_GSM8K_DIR=/path/to/gsm8k or `data.records.root=/path/to/gsm8k`"
             " (a directory with the official train.jsonl and test.jsonl)."
         )
-    train = _limit(read_gsm8k(root / "train.jsonl", strip_calculator=strip_calculator), train_limit, "train_limit")
+    train = _limit(
+        read_gsm8k(root / "train.jsonl", strip_calculator=strip_calculator), train_limit, "train_limit"
+    )
     val = None
     if val_limit != 0:
-        val = _limit(read_gsm8k(root / "test.jsonl", strip_calculator=strip_calculator), val_limit, "val_limit")
+        val = _limit(
+            read_gsm8k(root / "test.jsonl", strip_calculator=strip_calculator), val_limit, "val_limit"
+        )
     return Split(train, val)
 
 

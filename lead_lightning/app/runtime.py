@@ -14,7 +14,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, read_write
 
-__all__ = ["check_complete", "ddp_job_of_a_sweep", "finish_loggers", "job_overrides", "make_loggers", "run_name"]
+__all__ = [
+    "check_complete",
+    "ddp_job_of_a_sweep",
+    "finish_loggers",
+    "job_overrides",
+    "make_loggers",
+    "run_name",
+]
 
 _DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -79,8 +86,12 @@ def ddp_job_of_a_sweep(trainer: pl.Trainer) -> Iterator[None]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if (trainer.world_size < 2 or os.environ.get("LOCAL_RANK", "0") != "0" or not HydraConfig.initialized()
-            or HydraConfig.get().mode != RunMode.MULTIRUN):
+    if (
+        trainer.world_size < 2
+        or os.environ.get("LOCAL_RANK", "0") != "0"
+        or not HydraConfig.initialized()
+        or HydraConfig.get().mode != RunMode.MULTIRUN
+    ):
         yield
         return
     hc, argv, env = HydraConfig.get(), sys.argv, {k: os.environ.get(k) for k in _DDP_ENV}

@@ -27,8 +27,8 @@ __all__ = [
     "register_configs",
 ]
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-"""The repository's ``conf/`` directory (next to the package, in an editable install)."""
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+"""The package's ``conf/`` directory (installed with the code, editable or not)."""
 
 
 class SelectionMethod(str, Enum):

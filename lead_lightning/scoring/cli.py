@@ -32,10 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--pool-size", type=int, default=200, help="size of the generated pool (no --records)")
     ap.add_argument("--model", help="local Hugging Face model directory; default: a tiny random Llama")
     ap.add_argument("--out", required=True, help="pool index parquet file to write")
-    ap.add_argument("--shard-dir", help="per-batch shards (resumable); with --devices > 1 default <out>.shards")
+    ap.add_argument(
+        "--shard-dir", help="per-batch shards (resumable); with --devices > 1 default <out>.shards"
+    )
     ap.add_argument("--clusters", choices=("ifd", "embedding", "label"), default="ifd")
     ap.add_argument("--k", type=int, default=7, help="clusters for ifd/embedding k-means")
-    ap.add_argument("--groups", choices=("label", "none"), default="label", help="groups: record.group or one")
+    ap.add_argument(
+        "--groups", choices=("label", "none"), default="label", help="groups: record.group or one"
+    )
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--template", default="tulu")
@@ -72,8 +76,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         tokenizer = train_bpe_tokenizer([r.prompt + " " + r.response for r in records], vocab_size=512)
         model = tiny_causal_lm(len(tokenizer), hidden_size=64, num_layers=2, num_heads=4, seed=args.seed)
     dm = InstructionDataModule(
-        records, tokenizer, template=args.template, max_length=args.max_length,
-        batch_size=args.batch_size, eval_batch_size=args.batch_size,
+        records,
+        tokenizer,
+        template=args.template,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
     )
     trainer_kwargs: dict[str, Any] = {"accelerator": args.accelerator, "devices": args.devices}
     shard_dir = args.shard_dir
@@ -85,8 +93,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if args.warmup_examples > 0:
         if not hasattr(model, "peft_config"):  # the adapter starts at zero: the base model is unchanged
             scored = CausalLMModule(model, lora={"r": args.lora_r, "alpha": 2 * args.lora_r})
-        warmup = {"n_examples": args.warmup_examples, "max_steps": args.warmup_steps, "seed": args.seed,
-                  "lr": args.warmup_lr}
+        warmup = {
+            "n_examples": args.warmup_examples,
+            "max_steps": args.warmup_steps,
+            "seed": args.seed,
+            "lr": args.warmup_lr,
+        }
     module = ScoringModule(scored, embed=args.clusters == "embedding")
     scores = score_pool(module, dm, trainer_kwargs, shard_dir=shard_dir, warmup=warmup)
 
@@ -107,7 +119,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         path = write_pool_index(args.out, scores, clusters, groups)
         torch.save(scores, path.with_suffix(".scores.pt"))
         n_flag = int(scores["ifd_flag"].sum())
-        print(f"wrote {path}: {len(records)} examples, {int(clusters.max()) + 1} clusters, {n_flag} IFD flagged")
+        print(
+            f"wrote {path}: {len(records)} examples, {int(clusters.max()) + 1} clusters, {n_flag} IFD flagged"
+        )
     return {"path": path, "scores": scores, "clusters": clusters}
 
 

@@ -114,7 +114,9 @@ class ScoringModule(pl.LightningModule):
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return self.score(batch)
 
-    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+    def predict_step(
+        self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
         result = self.score(batch)
         self.examples_seen += int(result["ids"].numel())
         return result

@@ -90,12 +90,20 @@ def warmup_lora(
             raise ValueError("Warm-up on a list of records needs a `tokenizer`.")
         dm = InstructionDataModule(data, tokenizer)
     else:
-        raise ValueError(f"`data` must be an InstructionDataModule or a list of records, got {type(data).__name__}.")
+        raise ValueError(
+            f"`data` must be an InstructionDataModule or a list of records, got {type(data).__name__}."
+        )
     dm.setup("fit")
     dataset = dm.train_dataset
     assert dataset is not None, "set up above"
     n = len(dataset)
-    settings = {"n_examples": n_examples, "max_steps": max_steps, "seed": seed, "lr": lr, "batch_size": batch_size}
+    settings = {
+        "n_examples": n_examples,
+        "max_steps": max_steps,
+        "seed": seed,
+        "lr": lr,
+        "batch_size": batch_size,
+    }
 
     state_file = Path(state_path) if state_path is not None else None
     if state_file is not None and state_file.is_file():
