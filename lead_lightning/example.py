@@ -2,8 +2,10 @@
 
 Everything is built locally (no download): a generated instruction pool with task families of
 known difficulty and a planted noisy family, a byte-level BPE trained on it, a tiny Llama built
-from config. The offline stage scores every example's response loss under the base model (iu0);
-clusters are the task families (label clustering). Then ``Trainer.fit`` runs LEAD rounds with
+from config. The offline stage is the library's: :func:`~lead_lightning.scoring.score_pool` scores
+every example's response loss under the base model (iu0, one ``Trainer.predict`` pass; the fresh
+LoRA adapter changes nothing yet); clusters are the task families
+(:func:`~lead_lightning.scoring.cluster_labels`). Then ``Trainer.fit`` runs LEAD rounds with
 ``LeadSelectionCallback`` and prints what each round selected.
 
 Run: ``lead-example`` (or ``python -m lead_lightning.example --help``).
@@ -16,27 +18,11 @@ import time
 from collections import Counter
 
 import lightning.pytorch as pl
-import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from lead_lightning.callback import LeadSelectionCallback
 from lead_lightning.data import InstructionDataModule, generate_pool
 from lead_lightning.models import CausalLMModule, LoraSettings, tiny_causal_lm, train_bpe_tokenizer
-from lead_lightning.pool import PoolIndex
-
-
-@torch.no_grad()
-def score_iu0(module: CausalLMModule, loader: DataLoader, n: int) -> torch.Tensor:
-    """Response loss of every pool example under the base model (one pass, progress bar)."""
-    module.eval()
-    iu0 = torch.full((n,), float("nan"))
-    for batch in tqdm(loader, desc="offline scoring (iu0)", leave=False):
-        iu0[batch["ids"]] = module(batch).per_example_loss.float()
-    module.train()
-    if torch.isnan(iu0).any():
-        raise RuntimeError(f"{int(torch.isnan(iu0).sum())} pool examples were not scored.")
-    return iu0
+from lead_lightning.scoring import build_pool_index, cluster_labels, score_pool
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -60,8 +46,9 @@ def run(argv: list[str] | None = None) -> dict:
     dm = InstructionDataModule(records, tokenizer, max_length=96, batch_size=16, seed=args.seed)
     dm.setup("fit")
 
-    iu0 = score_iu0(module, dm.predict_dataloader(), len(records))
-    pool = PoolIndex(clusters=[families.index(r.group) for r in records], iu0=iu0)
+    scores = score_pool(module, dm, {"accelerator": "cpu", "devices": 1})
+    pool = build_pool_index(scores, cluster_labels([r.group for r in records]))  # cluster k: families[k]
+    iu0 = pool.iu0
     print(f"pool: {len(records)} examples, clusters = task families {families}")
     print(
         "mean iu0 per cluster:",

@@ -7,7 +7,8 @@ Optional columns from offline scoring (``ifd``, ``n_response_tokens``) travel wi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from torch import Tensor
 __all__ = ["PoolIndex", "POOL_SCHEMA_VERSION"]
 
 POOL_SCHEMA_VERSION = 1
+_SCHEMA_KEY = "lead_lightning.pool_schema"
+_PROVENANCE_KEY = "lead_lightning.provenance"
 _REQUIRED = ("id", "cluster", "group", "iu0")
 _OPTIONAL_FLOAT = ("ifd",)
 _OPTIONAL_INT = ("n_response_tokens",)
@@ -46,6 +49,10 @@ class PoolIndex:
         iu0: initial utility of each example (response loss under the base model): finite, >= 0.
         ifd: optional instruction-following difficulty per example (kept for reporting).
         n_response_tokens: optional response length per example (kept for reporting).
+        provenance: optional description of where the index came from, saved with it: ``lead-score``
+            and ``lead-train`` store ``fingerprint`` (of everything that determined the scores and
+            clusters, :func:`lead_lightning.scoring.fingerprint`), ``records`` (the records' digest,
+            :func:`lead_lightning.scoring.records_digest`) and ``n_records``. JSON-able values only.
 
     Example:
         >>> pool = PoolIndex(clusters=[0, 0, 1, 1], groups=["a", "b", "a", "a"], iu0=[1.0, 2.0, 0.5, 3.0])
@@ -60,6 +67,7 @@ class PoolIndex:
         groups: Sequence[Any] | np.ndarray | Tensor | None = None,
         ifd: Sequence[float] | np.ndarray | Tensor | None = None,
         n_response_tokens: Sequence[int] | np.ndarray | Tensor | None = None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> None:
         c = _as_1d("clusters", clusters)
         u = _as_1d("iu0", iu0)
@@ -123,6 +131,7 @@ class PoolIndex:
             if "n_response_tokens" in extra
             else None
         )
+        self.provenance: dict[str, Any] | None = dict(provenance) if provenance is not None else None
 
     # ------------------------------------------------------------------ basic facts
     def __len__(self) -> int:
@@ -181,9 +190,10 @@ class PoolIndex:
             cols["ifd"] = pa.array(self.ifd.numpy())
         if self.n_response_tokens is not None:
             cols["n_response_tokens"] = pa.array(self.n_response_tokens.numpy())
-        table = pa.table(cols).replace_schema_metadata(
-            {"lead_lightning.pool_schema": str(POOL_SCHEMA_VERSION)}
-        )
+        metadata = {_SCHEMA_KEY: str(POOL_SCHEMA_VERSION)}
+        if self.provenance is not None:
+            metadata[_PROVENANCE_KEY] = json.dumps(self.provenance, sort_keys=True)
+        table = pa.table(cols).replace_schema_metadata(metadata)
         tmp = path.with_name(path.name + ".tmp")
         pq.write_table(table, tmp)
         tmp.replace(path)  # atomic: a crash never leaves a half-written index
@@ -191,13 +201,31 @@ class PoolIndex:
 
     @classmethod
     def load(cls, path: str | PathLike[str]) -> PoolIndex:
-        """Read a pool index written by :meth:`save` (or by ``lead-score``), checking its schema."""
+        """Read a pool index written by :meth:`save` (or by ``lead-score``), checking its schema.
+
+        :attr:`provenance` is what the file stores (``None`` for files written before it existed).
+
+        Example:
+            >>> import tempfile, os
+            >>> p = os.path.join(tempfile.mkdtemp(), "pool.parquet")
+            >>> _ = PoolIndex(clusters=[0, 1], iu0=[1.0, 2.0], provenance={"records": "ab12"}).save(p)
+            >>> PoolIndex.load(p).provenance
+            {'records': 'ab12'}
+        """
         import pyarrow.parquet as pq
 
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"Pool index file not found: {path}")
         table = pq.read_table(path)
+        metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        version = metadata.get(_SCHEMA_KEY, str(POOL_SCHEMA_VERSION))
+        if not version.isdigit() or int(version) > POOL_SCHEMA_VERSION:
+            raise ValueError(
+                f"{path} has pool schema version {version!r}; this lead_lightning reads versions up to"
+                f" {POOL_SCHEMA_VERSION}. HINT: upgrade lead_lightning, or rewrite the index with this one."
+            )
+        provenance = json.loads(metadata[_PROVENANCE_KEY]) if _PROVENANCE_KEY in metadata else None
         missing = [c for c in _REQUIRED if c not in table.column_names]
         if missing:
             raise ValueError(
@@ -221,6 +249,7 @@ class PoolIndex:
             n_response_tokens=col("n_response_tokens").to_numpy()
             if "n_response_tokens" in table.column_names
             else None,
+            provenance=provenance,
         )
 
 

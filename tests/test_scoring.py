@@ -21,6 +21,7 @@ from lead_lightning.scoring import (
     cluster_embeddings,
     cluster_ifd,
     cluster_labels,
+    load_shards,
     merge_scores,
     score_pool,
     write_pool_index,
@@ -337,3 +338,182 @@ def test_ddp_scoring_every_id_once_and_resume(tmp_path):  # noqa: ANN001
         batch_no = sorted(int(p.stem.split("batch")[1]) for p in shards.glob(f"rank{r}_batch*.pt"))
         assert batch_no[: len(parts[r]) - 1] == list(range(1, len(parts[r])))
         assert len(batch_no) >= len(parts[r])
+
+
+# ----------------------------------------------------------------------------- fingerprinted shards
+def _parts(records, tokenizer, lm, **change):  # noqa: ANN001, ANN003, ANN202
+    from lead_lightning.scoring import scoring_parts
+
+    return scoring_parts(
+        records, lm, tokenizer, **{"template": "tulu", "max_length": 96, "seed": 0, **change}
+    )
+
+
+def test_shards_are_stamped_and_other_inputs_are_an_error(tmp_path, records, tokenizer, lm, full_scores):  # noqa: ANN001
+    from lead_lightning.scoring import clear_shards
+
+    shard_dir = tmp_path / "shards"
+    parts = _parts(records, tokenizer, lm)
+    first = ScoringModule(lm, embed=True)
+    score_pool(first, _dm(records, tokenizer), TRAINER, shard_dir=shard_dir, fingerprint_parts=parts)
+    assert first.examples_seen == N and (shard_dir / "fingerprint.json").is_file()
+    again = ScoringModule(lm, embed=True)  # the same inputs: resumed, nothing rescored
+    score_pool(again, _dm(records, tokenizer), TRAINER, shard_dir=shard_dir, fingerprint_parts=parts)
+    assert again.examples_seen == 0
+
+    # other records of the same size (the case), another seed: errors naming the cause
+    other = list(records[1:]) + [records[0]]
+    stale = ScoringModule(lm, embed=True)
+    with pytest.raises(
+        ValueError, match=r"written for other inputs: records \(stored [0-9a-f]{16}\.\.\., now"
+    ):
+        score_pool(
+            stale,
+            _dm(other, tokenizer),
+            TRAINER,
+            shard_dir=shard_dir,
+            fingerprint_parts=_parts(other, tokenizer, lm),
+        )
+    with pytest.raises(ValueError, match=r"seed \(stored 0, now 1\).*HINT: .*--overwrite"):
+        score_pool(
+            stale,
+            _dm(records, tokenizer),
+            TRAINER,
+            shard_dir=shard_dir,
+            fingerprint_parts=_parts(records, tokenizer, lm, seed=1),
+        )
+    assert stale.examples_seen == 0  # checked before any work
+
+    (shard_dir / "notes.txt").write_text("mine")  # a file the user keeps there survives --overwrite
+    assert clear_shards(shard_dir) == 9  # 8 shards + the stamp
+    assert sorted(p.name for p in shard_dir.iterdir()) == ["notes.txt"]
+    rescored = ScoringModule(lm, embed=True)
+    out = score_pool(
+        rescored,
+        _dm(other, tokenizer),
+        TRAINER,
+        shard_dir=shard_dir,
+        fingerprint_parts=_parts(other, tokenizer, lm),
+    )
+    assert rescored.examples_seen == N
+    torch.testing.assert_close(out["iu0"][:-1], full_scores["iu0"][1:])  # the other order, scored afresh
+
+
+def test_unstamped_shards_are_an_error(tmp_path, records, tokenizer, lm):  # noqa: ANN001
+    shard_dir = tmp_path / "old"
+    score_pool(ScoringModule(lm), _dm(records, tokenizer), TRAINER, shard_dir=shard_dir)  # no fingerprint
+    with pytest.raises(ValueError, match=r"holds shards but no fingerprint\.json"):
+        score_pool(
+            ScoringModule(lm),
+            _dm(records, tokenizer),
+            TRAINER,
+            shard_dir=shard_dir,
+            fingerprint_parts=_parts(records, tokenizer, lm),
+        )
+
+
+def test_corrupt_truncated_or_foreign_shards_name_the_file(tmp_path, records, tokenizer, lm):  # noqa: ANN001
+    shard_dir = tmp_path / "shards"
+    score_pool(ScoringModule(lm), _dm(records, tokenizer), TRAINER, shard_dir=shard_dir)
+    shards = sorted(shard_dir.glob("rank0_batch*.pt"))
+    data = shards[2].read_bytes()
+    shards[2].write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(RuntimeError, match=rf"Shard {shards[2]} cannot be read .*HINT: delete that file"):
+        score_pool(ScoringModule(lm), _dm(records, tokenizer), TRAINER, shard_dir=shard_dir)
+    shards[2].write_bytes(b"not a torch file")
+    with pytest.raises(RuntimeError, match=rf"Shard {shards[2]} cannot be read"):
+        load_shards(shard_dir)
+    shards[2].write_bytes(data)
+    # shards from a bigger pool: ids this pool does not have (was an IndexError)
+    smaller = records[: N - 10]
+    with pytest.raises(RuntimeError, match=r"holds pool ids up to 5\d, but the pool has 50 examples"):
+        score_pool(ScoringModule(lm), _dm(smaller, tokenizer), TRAINER, shard_dir=shard_dir)
+
+
+def test_pool_index_stores_provenance_and_old_files_load(tmp_path, full_scores):  # noqa: ANN001
+    import pyarrow.parquet as pq
+
+    prov = {"fingerprint": "f" * 64, "records": "a" * 64, "n_records": N}
+    path = write_pool_index(tmp_path / "p.parquet", full_scores, np.arange(N) % 3, provenance=prov)
+    meta = pq.read_schema(path).metadata
+    assert json.loads(meta[b"lead_lightning.provenance"]) == prov  # in the parquet schema metadata
+    assert PoolIndex.load(path).provenance == prov
+    # an index written before provenance existed: no metadata key, loads with provenance None
+    table = pq.read_table(path).replace_schema_metadata({"lead_lightning.pool_schema": "1"})
+    pq.write_table(table, tmp_path / "old.parquet")
+    old = PoolIndex.load(tmp_path / "old.parquet")
+    assert old.provenance is None and len(old) == N
+    pq.write_table(table.replace_schema_metadata(None), tmp_path / "bare.parquet")
+    assert len(PoolIndex.load(tmp_path / "bare.parquet")) == N
+    pq.write_table(
+        table.replace_schema_metadata({"lead_lightning.pool_schema": "99"}), tmp_path / "new.parquet"
+    )
+    with pytest.raises(
+        ValueError, match="pool schema version '99'; this lead_lightning reads versions up to 1"
+    ):
+        PoolIndex.load(tmp_path / "new.parquet")
+
+
+# ----------------------------------------------------------------------------- lead-score
+def _cli_args(tmp_path, *extra):  # noqa: ANN001, ANN002, ANN202
+    common = ["--pool-size", "40", "--k", "3", "--max-length", "96", "--accelerator", "cpu"]
+    return [*common, *extra]
+
+
+def test_cli_checks_out_before_any_work(tmp_path, monkeypatch):  # noqa: ANN001
+    from lead_lightning.scoring import cli
+
+    def no_work(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("scoring started before `--out` was checked")
+
+    monkeypatch.setattr(cli, "score_pool", no_work)
+    monkeypatch.setattr("lead_lightning.data.generate_pool", no_work)
+    with pytest.raises(ValueError, match=rf"`--out {tmp_path}` is an existing directory.*HINT: e.g\."):
+        cli.run(_cli_args(tmp_path, "--out", str(tmp_path)))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="its directory .*file/sub cannot be created"):
+        cli.run(_cli_args(tmp_path, "--out", str(blocker / "sub" / "p.parquet")))
+    with pytest.raises(ValueError, match="is not a directory"):
+        cli.run(_cli_args(tmp_path, "--out", str(tmp_path / "p.parquet"), "--shard-dir", str(blocker)))
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(SystemExit):
+        cli.run(_cli_args(tmp_path, "--out", str(tmp_path / "p.parquet"), "--limit", "0"))
+
+
+def test_cli_limit_fingerprinted_shards_and_overwrite(tmp_path, capsys):  # noqa: ANN001
+    from lead_lightning.data import generate_pool
+    from lead_lightning.scoring import records_digest
+    from lead_lightning.scoring.cli import run
+
+    out, shards = tmp_path / "p.parquet", tmp_path / "shards"
+    first = run(_cli_args(tmp_path, "--limit", "30", "--out", str(out), "--shard-dir", str(shards)))
+    pool = PoolIndex.load(out)
+    assert len(pool) == 30 and len(first["scores"]["iu0"]) == 30
+    prov = pool.provenance
+    assert prov["records"] == records_digest(generate_pool(40, seed=0)[:30]) and prov["n_records"] == 30
+    assert (
+        prov["source"] == "lead-score" and prov["cluster_input"] == "ifd" and len(prov["fingerprint"]) == 64
+    )
+    # another seed with the same shard directory: an error naming the seed, before any scoring
+    with pytest.raises(ValueError, match=r"written for other inputs: .*seed \(stored 0, now 1\)"):
+        run(
+            _cli_args(tmp_path, "--limit", "30", "--seed", "1", "--out", str(out), "--shard-dir", str(shards))
+        )
+    again = run(
+        _cli_args(
+            tmp_path,
+            "--limit",
+            "30",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--shard-dir",
+            str(shards),
+            "--overwrite",
+        )
+    )
+    assert "--overwrite: deleted" in capsys.readouterr().out
+    assert not torch.equal(again["scores"]["iu0"], first["scores"]["iu0"])  # another model (seed 1)
+    assert PoolIndex.load(out).provenance["fingerprint"] != prov["fingerprint"]

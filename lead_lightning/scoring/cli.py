@@ -6,6 +6,12 @@ with a tiny local model (a smoke run, nothing downloaded).
 ``--warmup-examples N --warmup-steps S`` (off by default) adds a LoRA (``--lora-r``) to the model,
 scores ``iu0`` with the base model, trains the LoRA for ``S`` steps on ``N`` random pool examples
 and scores IFD with it (see :func:`lead_lightning.scoring.warmup_lora`).
+
+Shards (``--shard-dir``) are stamped with the fingerprint of what determines them (records, model,
+tokenizer, template, max length, seed, warm-up settings, embeddings on/off): a rerun with the same
+inputs resumes, one with other inputs is an error naming what differs (``--overwrite`` starts
+again). The index stores its provenance (fingerprint, records digest), which ``lead-train
+pool.index=...`` checks. ``--out`` is checked before any work.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from typing import Any
 import torch
 
 from lead_lightning.scoring.cluster import cluster_embeddings, cluster_ifd, cluster_labels
+from lead_lightning.scoring.common import launch_rank
+from lead_lightning.scoring.fingerprint import fingerprint, scoring_parts
 from lead_lightning.scoring.index import write_pool_index
-from lead_lightning.scoring.scorer import ScoringModule, score_pool
+from lead_lightning.scoring.scorer import ScoringModule, clear_shards, score_pool
 
 __all__ = ["main", "run"]
 
@@ -30,10 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--records", help="pool file (or BBH directory); default: a generated pool")
     ap.add_argument("--format", default="alpaca", help="reader for --records (alpaca, chat, gsm8k, bbh)")
     ap.add_argument("--pool-size", type=int, default=200, help="size of the generated pool (no --records)")
+    ap.add_argument("--limit", type=_positive_int, help="score only the first N records")
     ap.add_argument("--model", help="local Hugging Face model directory; default: a tiny random Llama")
     ap.add_argument("--out", required=True, help="pool index parquet file to write")
     ap.add_argument(
         "--shard-dir", help="per-batch shards (resumable); with --devices > 1 default <out>.shards"
+    )
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the shards in --shard-dir (written for other inputs) and score again",
     )
     ap.add_argument("--clusters", choices=("ifd", "embedding", "label"), default="ifd")
     ap.add_argument("--k", type=int, default=7, help="clusters for ifd/embedding k-means")
@@ -56,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Score, cluster and write the pool index; returns the path, scores and clusters."""
     args = _parser().parse_args(argv)
+    out_path = _check_out(args.out, args.shard_dir)  # before any work
     from lead_lightning.data import InstructionDataModule, generate_pool, read_records
     from lead_lightning.models import (
         CausalLMModule,
@@ -69,6 +84,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         records = read_records(args.records, format=args.format)
     else:
         records = generate_pool(args.pool_size, seed=args.seed)
+    if args.limit is not None:
+        records = records[: args.limit]
     if args.model:
         tokenizer = load_tokenizer(args.model)  # local directory only: nothing is downloaded
         model = load_causal_lm(args.model)
@@ -99,8 +116,25 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             "seed": args.seed,
             "lr": args.warmup_lr,
         }
-    module = ScoringModule(scored, embed=args.clusters == "embedding")
-    scores = score_pool(module, dm, trainer_kwargs, shard_dir=shard_dir, warmup=warmup)
+    embed = args.clusters == "embedding"
+    parts = scoring_parts(  # of the base model: a LoRA warm-up's settings are a part of their own
+        records,
+        model,
+        tokenizer,
+        template=args.template,
+        max_length=args.max_length,
+        seed=args.seed,
+        embed=embed,
+        warmup={**warmup, "lora_r": args.lora_r} if warmup else None,
+    )
+    if shard_dir and args.overwrite and launch_rank() == 0:  # DDP ranks > 0 start later: never clear
+        n = clear_shards(shard_dir)
+        if n:
+            print(f"--overwrite: deleted {n} file(s) of an earlier scoring run from {shard_dir}")
+    module = ScoringModule(scored, embed=embed)
+    scores = score_pool(
+        module, dm, trainer_kwargs, shard_dir=shard_dir, warmup=warmup, fingerprint_parts=parts
+    )
 
     if args.clusters == "ifd":
         ifd = scores["ifd"]
@@ -114,15 +148,60 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         clusters = cluster_labels([r.group for r in records])
     groups = [r.group for r in records] if args.groups == "label" else None
-    path = Path(args.out)
+    scores_fp = fingerprint(**parts)
+    provenance = {
+        "fingerprint": fingerprint(
+            scores=scores_fp,
+            clusters=args.clusters,
+            k=None if args.clusters == "label" else args.k,
+            groups=args.groups,
+            seed=args.seed,
+        ),
+        "scores_fingerprint": scores_fp,
+        "records": parts["records"],
+        "n_records": len(records),
+        "cluster_input": {"label": "group"}.get(args.clusters, args.clusters),
+        "model": args.model or "tiny_causal_lm",
+        "template": args.template,
+        "max_length": args.max_length,
+        "seed": args.seed,
+        "source": "lead-score",
+    }
+    path = out_path
     if _global_rank() == 0:  # under DDP every rank holds the same merged scores; one writes them
-        path = write_pool_index(args.out, scores, clusters, groups)
+        path = write_pool_index(out_path, scores, clusters, groups, provenance=provenance)
         torch.save(scores, path.with_suffix(".scores.pt"))
         n_flag = int(scores["ifd_flag"].sum())
         print(
             f"wrote {path}: {len(records)} examples, {int(clusters.max()) + 1} clusters, {n_flag} IFD flagged"
         )
     return {"path": path, "scores": scores, "clusters": clusters}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
+    return value
+
+
+def _check_out(out: str, shard_dir: str | None) -> Path:
+    """``--out`` names a file that can be written, ``--shard-dir`` a directory: checked before any work."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(
+            f"`--out {out}` is an existing directory; it names the pool index file to write. HINT: e.g."
+            f" `--out {path / 'pool.parquet'}`."
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"`--out {out}`: its directory {path.parent} cannot be created ({err}).") from err
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"`--out {out}`: its directory {path.parent} is not writable.")
+    if shard_dir is not None and Path(shard_dir).exists() and not Path(shard_dir).is_dir():
+        raise ValueError(f"`--shard-dir {shard_dir}` exists and is not a directory.")
+    return path
 
 
 def _global_rank() -> int:

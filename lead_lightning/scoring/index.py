@@ -20,11 +20,18 @@ def build_pool_index(
     scores: Mapping[str, Tensor],
     clusters: Sequence[int] | np.ndarray | Tensor,
     groups: Sequence[Any] | np.ndarray | Tensor | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> PoolIndex:
     """A :class:`PoolIndex` from :func:`score_pool`'s output (ordered by id) and cluster/group columns.
 
     ``iu0``, ``ifd`` and ``n_response_tokens`` are taken from ``scores``; an unscored example (``nan``
     iu0, e.g. one the datamodule excluded) is an error from :class:`PoolIndex` naming its id.
+    ``provenance`` (e.g. ``{"fingerprint": ..., "records": ..., "n_records": ...}``) travels with it.
+
+    Example:
+        >>> scores = {"ids": torch.arange(3), "iu0": torch.tensor([1.0, 2.0, 3.0])}
+        >>> build_pool_index(scores, [0, 1, 1], provenance={"records": "ab12"}).provenance
+        {'records': 'ab12'}
     """
     ids = scores["ids"]
     if not torch.equal(ids.cpu(), torch.arange(len(ids))):
@@ -35,6 +42,7 @@ def build_pool_index(
         groups=groups,
         ifd=scores.get("ifd"),
         n_response_tokens=scores.get("n_response_tokens"),
+        provenance=provenance,
     )
 
 
@@ -43,6 +51,21 @@ def write_pool_index(
     scores: Mapping[str, Tensor],
     clusters: Sequence[int] | np.ndarray | Tensor,
     groups: Sequence[Any] | np.ndarray | Tensor | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Build the pool index and save it as parquet (``PoolIndex.load`` reads it back)."""
-    return build_pool_index(scores, clusters, groups).save(path)
+    """Build the pool index and save it as parquet (``PoolIndex.load`` reads it back).
+
+    ``provenance`` is stored in the parquet schema metadata and comes back as
+    :attr:`PoolIndex.provenance`: ``lead-score`` stores the ``fingerprint`` of what determined the
+    scores and clusters, the ``records`` digest and ``n_records``, which ``lead-train pool.index=...``
+    checks against the records it trains on.
+
+    Example:
+        >>> import tempfile, os
+        >>> scores = {"ids": torch.arange(2), "iu0": torch.tensor([1.0, 2.0])}
+        >>> p = write_pool_index(os.path.join(tempfile.mkdtemp(), "p.parquet"), scores, [0, 1],
+        ...                      provenance={"n_records": 2})
+        >>> PoolIndex.load(p).provenance
+        {'n_records': 2}
+    """
+    return build_pool_index(scores, clusters, groups, provenance).save(path)

@@ -18,6 +18,8 @@ a shared file system).
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from os import PathLike
@@ -32,31 +34,24 @@ from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler, Subset
 
 from lead_lightning.losses import lm_losses
+from lead_lightning.scoring.common import hf_model, offline_trainer_kwargs
+from lead_lightning.scoring.warmup import WARMUP_KEYS, warmup_lora
 
-__all__ = ["ScoringModule", "ShardWriter", "load_shards", "merge_scores", "score_pool"]
+__all__ = [
+    "FINGERPRINT_FILE",
+    "ScoringModule",
+    "ShardWriter",
+    "check_shard_dir",
+    "clear_shards",
+    "load_shards",
+    "merge_scores",
+    "score_pool",
+]
 
 SCORE_KEYS = ("ids", "iu0", "ce_alone", "ifd", "ifd_flag", "n_response_tokens")
 _SHARD_RE = re.compile(r"^rank(\d+)_batch(\d+)\.pt$")
-
-
-def offline_trainer_kwargs(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Trainer arguments of the offline stage (no logger, no checkpoints, a progress bar), then ``overrides``."""
-    kwargs: dict[str, Any] = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-        "enable_progress_bar": True,
-    }
-    kwargs.update(overrides or {})
-    return kwargs
-
-
-def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The Hugging Face model inside a ``CausalLMModule`` (or the model itself)."""
-    inner = getattr(model, "model", None)
-    if isinstance(model, pl.LightningModule) and isinstance(inner, torch.nn.Module):
-        return inner
-    return model
+FINGERPRINT_FILE = "fingerprint.json"
+"""The stamp of a shard directory: the fingerprint and the parts it was computed from."""
 
 
 class ScoringModule(pl.LightningModule):
@@ -75,7 +70,7 @@ class ScoringModule(pl.LightningModule):
 
     def __init__(self, model: torch.nn.Module, embed: bool = False) -> None:
         super().__init__()
-        self.model = _hf_model(model)
+        self.model = hf_model(model)
         self.embed = embed
         self.examples_seen = 0
 
@@ -168,9 +163,122 @@ def _shard_files(shard_dir: Path) -> list[Path]:
     return sorted(files, key=lambda p: tuple(int(x) for x in _SHARD_RE.match(p.name).groups()))  # type: ignore[union-attr]
 
 
-def load_shards(shard_dir: str | PathLike[str]) -> list[dict[str, Tensor]]:
-    """Every shard written by :class:`ShardWriter` under ``shard_dir`` (rank, then batch order)."""
-    return [torch.load(p, weights_only=True) for p in _shard_files(Path(shard_dir))]
+def _read_shard(path: Path, n: int | None = None) -> dict[str, Tensor]:
+    """One shard, with an error naming the file when it cannot be read or holds ids outside ``0..n-1``."""
+    try:
+        part = torch.load(path, weights_only=True)
+    except Exception as err:  # zip reader, unpickler, EOF: all mean the same thing here
+        raise RuntimeError(
+            f"Shard {path} cannot be read ({type(err).__name__}: {err}). It was cut short or damaged"
+            " outside `lead-score` (shards are written atomically). HINT: delete that file and rerun to"
+            " rescore its examples, or start again with `lead-score --overwrite`."
+        ) from err
+    ids = part.get("ids") if isinstance(part, dict) else None
+    if not isinstance(ids, Tensor) or ids.dim() != 1:
+        raise RuntimeError(f"Shard {path} is not a scoring shard (no 1-D `ids` tensor). HINT: delete it.")
+    if n is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
+        raise RuntimeError(
+            f"Shard {path} holds pool ids up to {int(ids.max())}, but the pool has {n} examples: it was"
+            " written for another pool. HINT: start again with `lead-score --overwrite` (in Python:"
+            " `clear_shards`), or use another shard directory."
+        )
+    return part
+
+
+def load_shards(shard_dir: str | PathLike[str], n: int | None = None) -> list[dict[str, Tensor]]:
+    """Every shard written by :class:`ShardWriter` under ``shard_dir`` (rank, then batch order).
+
+    A shard that cannot be read, or (with ``n``) holds ids outside ``0..n-1``, is an error naming it.
+    """
+    return [_read_shard(p, n) for p in _shard_files(Path(shard_dir))]
+
+
+def _stamped_files(root: Path) -> list[Path]:
+    """What a scoring run leaves under ``root``: shards (also under ``base/`` and ``warm/``), the
+    warmed adapter, the fingerprint stamp and temporary files of any of them."""
+    found = []
+    for d in (root, root / "base", root / "warm"):
+        if d.is_dir():
+            found += [p for p in d.iterdir() if _SHARD_RE.match(p.name.removesuffix(".tmp"))]
+    for name in (FINGERPRINT_FILE, "warmup_state.pt"):
+        found += [p for p in root.glob(name + "*") if p.name == name or p.name.endswith(".tmp")]
+    return sorted(set(found))
+
+
+def clear_shards(shard_dir: str | PathLike[str]) -> int:
+    """Delete what a scoring run wrote under ``shard_dir`` (its shards, warmed adapter and stamp).
+
+    Other files are left alone (the directory may be shared), as are empty ``base/``/``warm/``
+    folders. Returns the number of files deleted.
+
+    Example:
+        >>> import tempfile
+        >>> clear_shards(tempfile.mkdtemp())
+        0
+    """
+    files = _stamped_files(Path(shard_dir))
+    for p in files:
+        p.unlink(missing_ok=True)
+    return len(files)
+
+
+def check_shard_dir(shard_dir: str | PathLike[str], parts: Mapping[str, Any]) -> str:
+    """Stamp ``shard_dir`` with the fingerprint of ``parts``, or check the stamp that is there.
+
+    Args:
+        shard_dir: a shard directory (created when missing).
+        parts: what determines the scores, e.g. from
+            :func:`~lead_lightning.scoring.scoring_parts`.
+
+    Returns:
+        The fingerprint.
+
+    Raises:
+        ValueError: the directory is stamped with another fingerprint (the message names the parts
+            that differ), or holds shards without a stamp.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> check_shard_dir(d, {"seed": 0}) == check_shard_dir(d, {"seed": 0})
+        True
+        >>> check_shard_dir(d, {"seed": 1})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Shard directory ... was written for other inputs: seed (stored 0, now 1). ...
+    """
+    from lead_lightning.scoring.fingerprint import canonical_json, diff_parts, fingerprint
+
+    root = Path(shard_dir)
+    fp = fingerprint(**parts)
+    stamp = root / FINGERPRINT_FILE
+    hint = (
+        " HINT: start again with `lead-score --overwrite` (in Python: `clear_shards(shard_dir)`), or"
+        " use another shard directory."
+    )
+    if stamp.is_file():
+        try:
+            stored = json.loads(stamp.read_text())
+            stored_fp, stored_parts = stored["fingerprint"], stored["parts"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"Shard directory stamp {stamp} cannot be read ({err}).{hint}") from err
+        if stored_fp != fp:
+            causes = ", ".join(diff_parts(stored_parts, parts)) or "the fingerprint"
+            raise ValueError(
+                f"Shard directory {root} was written for other inputs: {causes}. Its shards would"
+                f" mix another run's scores into this one.{hint}"
+            )
+        return fp
+    if any(p.suffix == ".pt" for p in _stamped_files(root)):
+        raise ValueError(
+            f"Shard directory {root} holds shards but no {FINGERPRINT_FILE}, so what they scored cannot"
+            f" be checked (they predate fingerprinted shards, or the stamp was deleted).{hint}"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f"{FINGERPRINT_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(canonical_json({"fingerprint": fp, "parts": dict(parts)}) + "\n")
+    tmp.replace(stamp)  # every rank may stamp: the same content, each write atomic
+    return fp
 
 
 def merge_scores(
@@ -222,7 +330,7 @@ def merge_scores(
 def _pending_ids(shard_dir: Path, n: int, excluded: Tensor) -> list[int]:
     """Pool ids that no shard under ``shard_dir`` holds yet (excluded ids never need scoring)."""
     done = torch.zeros(n, dtype=torch.bool)
-    for part in load_shards(shard_dir):
+    for part in load_shards(shard_dir, n):
         done[part["ids"]] = True
     done[excluded] = True
     return torch.nonzero(~done).flatten().tolist()
@@ -276,6 +384,7 @@ def score_pool(
     shard_dir: str | PathLike[str] | None = None,
     embed: bool = False,
     warmup: Mapping[str, Any] | None = None,
+    fingerprint_parts: Mapping[str, Any] | None = None,
 ) -> dict[str, Tensor]:
     """Score every pool example in one ``Trainer.predict`` pass; results ordered by id ``0..N-1``.
 
@@ -294,19 +403,25 @@ def score_pool(
             ``ifd_flag`` and ``iu0_warm`` (``ifd = iu0_warm / ce_alone``). With ``shard_dir`` the passes
             use ``base/`` and ``warm/`` under it and the warmed adapter is kept in ``warmup_state.pt``,
             so a resumed run neither trains again nor rescores finished shards.
+        fingerprint_parts: what determines the scores (see
+            :func:`~lead_lightning.scoring.scoring_parts`). With ``shard_dir``, the directory is
+            stamped with their fingerprint before any work, and one stamped with another fingerprint
+            (other records, model, tokenizer, template, max length, seed, warm-up...) or holding shards
+            without a stamp is an error naming the cause (:func:`check_shard_dir`), instead of
+            silently mixing another run's scores in.
 
     Returns:
         ``{"ids", "iu0", "ce_alone", "ifd", "ifd_flag", "n_response_tokens"[, "embedding"]}`` (with
         ``warmup`` also ``"iu0_warm"`` and ``"ifd_base"``); under DDP every rank returns the same
         full result.
     """
+    if shard_dir is not None and fingerprint_parts is not None:
+        check_shard_dir(shard_dir, fingerprint_parts)
     lm = module
     if not isinstance(module, ScoringModule):
         module = ScoringModule(module, embed=embed)
     if not warmup:
         return _score(module, datamodule, trainer_kwargs, shard_dir)
-
-    from lead_lightning.scoring.warmup import WARMUP_KEYS, warmup_lora
 
     unknown = set(warmup) - set(WARMUP_KEYS)
     if unknown:
@@ -366,4 +481,4 @@ def _score(
         source = _PendingIdsDataModule(datamodule, shard_dir, n, excluded)
         trainer.predict(module, datamodule=source, return_predictions=False)
         trainer.strategy.barrier("score_pool")  # every rank's shards are on disk before anyone merges
-    return merge_scores(load_shards(shard_dir), n, excluded)
+    return merge_scores(load_shards(shard_dir, n), n, excluded)

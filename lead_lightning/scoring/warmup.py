@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from lead_lightning.scoring.common import hf_model, offline_trainer_kwargs
+
 __all__ = ["WARMUP_KEYS", "warmup_lora"]
 
 WARMUP_KEYS = ("n_examples", "max_steps", "seed", "lr", "batch_size")
@@ -67,14 +69,13 @@ def warmup_lora(
     """
     from lead_lightning.data import InstructionDataModule
     from lead_lightning.models import CausalLMModule
-    from lead_lightning.scoring.scorer import _hf_model, offline_trainer_kwargs
 
     if not isinstance(n_examples, int) or n_examples < 1:
         raise ValueError(f"`n_examples` must be a positive int, got {n_examples!r}.")
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
     lm = module if isinstance(module, CausalLMModule) else None
-    net = _hf_model(module)
+    net = hf_model(module)
     if not hasattr(net, "peft_config"):
         raise ValueError(
             "Warm-up trains a LoRA adapter, but the model has none. HINT: build the model as"
