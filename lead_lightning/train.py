@@ -23,7 +23,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from lead_lightning.app.builders import build_datamodule, build_pool, build_selection
+from lead_lightning.app.builders import build_datamodule, build_selection
+from lead_lightning.app.offline import build_pool
 from lead_lightning.app.runtime import (
     check_complete,
     ddp_job_of_a_sweep,
@@ -52,8 +53,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     net = instantiate(cfg.model.net)(vocab_size=len(tokenizer))
     module = instantiate(cfg.model.module)(model=net, lora=instantiate(cfg.peft) if cfg.peft else None)
 
-    accelerator = cfg.trainer.get("accelerator", "cpu")
-    pool, names = build_pool(module, dm, records, cfg.clustering, instantiate(cfg.clustering.fn), accelerator)
+    pool, names = build_pool(cfg, module, dm, records)  # a pool.index file, the score cache, or scoring
     selection = build_selection(cfg.selection, pool, instantiate(cfg.bandit), cfg.rounds, cfg.seed)
     report = LeadReportCallback(
         selection, names, out_dir, plots=cfg.report.plots, wandb_media=cfg.report.wandb_media

@@ -5,6 +5,12 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _lead_cache_dir(tmp_path_factory, monkeypatch):  # noqa: ANN001, ANN202
+    """Each test gets its own `lead-train` score cache (`pool.cache_dir`), never the repository's."""
+    monkeypatch.setenv("LEAD_CACHE_DIR", str(tmp_path_factory.mktemp("lead-cache")))
+
+
 @pytest.fixture(scope="session")
 def small_pool():  # noqa: ANN201 - imports kept inside so collecting unrelated tests stays fast
     from lead_lightning.data import generate_pool

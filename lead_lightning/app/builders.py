@@ -1,21 +1,22 @@
-"""Builders that turn the composed config into objects: tokenizer, model, datamodule, pool, selection."""
+"""Builders that turn the composed config into objects: tokenizer, model, datamodule, selection.
+
+The pool index (the offline stage) is built by :mod:`lead_lightning.app.offline`.
+"""
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 
 from lead_lightning.app.baselines import BaselineSelectionCallback
 from lead_lightning.app.data import Split
-from lead_lightning.app.schema import ClusterInput, SelectionMethod
+from lead_lightning.app.schema import SelectionMethod
 from lead_lightning.callback import LeadSelectionCallback
 from lead_lightning.data import InstructionDataModule, InstructionRecord
 from lead_lightning.models import load_causal_lm, load_tokenizer, train_bpe_tokenizer
@@ -23,7 +24,6 @@ from lead_lightning.pool import PoolIndex
 
 __all__ = [
     "build_datamodule",
-    "build_pool",
     "build_selection",
     "local_causal_lm",
     "local_tokenizer",
@@ -69,51 +69,6 @@ def build_datamodule(
     dm = make(train_records=records, tokenizer=tokenizer, val_records=split.val)
     dm.setup("fit")
     return dm, records
-
-
-def build_pool(
-    module: torch.nn.Module,
-    dm: InstructionDataModule,
-    records: Sequence[InstructionRecord],
-    clustering: DictConfig,
-    cluster_fn: Callable[[Any], np.ndarray],
-    accelerator: str = "cpu",
-) -> tuple[PoolIndex, list[str]]:
-    """Offline stage: score the pool (iu0, IFD[, embeddings]), cluster it; returns the index and arm names."""
-    from lead_lightning.scoring import ScoringModule, build_pool_index, score_pool
-
-    source = ClusterInput(clustering.input)
-    # one process scores the whole pool; under DDP every rank does, each on its own GPU
-    gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    devices = [int(os.environ.get("LOCAL_RANK", "0"))] if gpu else 1
-    scores = score_pool(
-        ScoringModule(module, embed=source == ClusterInput.embedding),
-        dm,
-        {"accelerator": accelerator, "devices": devices, "enable_progress_bar": False},
-    )
-    groups = [r.group for r in records]
-    if source == ClusterInput.group:
-        column: Any = groups
-    elif source == ClusterInput.embedding:
-        column = scores["embedding"]
-    else:
-        column = scores["ifd"].clone()
-        bad = ~torch.isfinite(column)
-        if bool(bad.any()):  # e.g. a response scored 0 alone: put it with the most difficult
-            rank_zero_warn(
-                f"{int(bad.sum())} example(s) have a non-finite IFD; clustered as the highest IFD."
-            )
-            column[bad] = column[~bad].max() if bool((~bad).any()) else 1.0
-    clusters = cluster_fn(column)
-    pool = build_pool_index(scores, clusters, groups if clustering.stratify else None)
-    if source == ClusterInput.group:
-        names = [str(x) for x in sorted(set(groups))]
-    else:
-        ifd = pool.ifd if pool.ifd is not None else torch.full((len(pool),), math.nan)
-        names = [
-            f"c{k} (ifd {float(ifd[pool.clusters == k].nanmean()):.3f})" for k in range(pool.num_clusters)
-        ]
-    return pool, names
 
 
 def round_size(pool: PoolIndex, sample_rate: float | int, arms_per_round: int) -> int:

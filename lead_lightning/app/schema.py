@@ -21,6 +21,7 @@ __all__ = [
     "ClusteringConfig",
     "DataConfig",
     "ModelConfig",
+    "PoolConfig",
     "SelectionConfig",
     "SelectionMethod",
     "TrainConfig",
@@ -108,6 +109,17 @@ class ClusteringConfig:
 
 
 @dataclass
+class PoolConfig:
+    """Where the pool index comes from: a ``lead-score`` file, the score cache, or a scoring pass."""
+
+    index: Optional[str] = None  # noqa: UP045 - a lead-score pool index (parquet): train from it, score nothing
+    cache: bool = True  # keep the scored index under cache_dir, keyed by its fingerprint, and reuse it
+    cache_dir: str = "${oc.env:LEAD_CACHE_DIR,.cache/lead_lightning}"  # relative: to the start directory
+    check_provenance: bool = True  # with index: its stored records digest must match the records loaded
+    wait_timeout_s: float = 14400.0  # DDP ranks > 0: seconds to wait for the index rank 0 scores
+
+
+@dataclass
 class PathsConfig:
     output_dir: str = "${hydra:runtime.output_dir}"
 
@@ -135,6 +147,7 @@ class TrainConfig:
     peft: Any = None
     data: DataConfig = field(default_factory=DataConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
     bandit: Any = MISSING
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     trainer: Any = MISSING
