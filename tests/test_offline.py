@@ -234,6 +234,26 @@ def test_a_rank_above_zero_waits_for_rank_zeros_index(tmp_path, monkeypatch, sco
     assert len(score_calls) == 1 and torch.equal(same.iu0, pool.iu0)
 
 
+@pytest.mark.parametrize(
+    ("env", "rank", "world"),
+    [
+        ({}, 0, 1),
+        ({"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2"}, 1, 2),  # Lightning's relaunch
+        ({"LOCAL_RANK": "0", "NODE_RANK": "1", "WORLD_SIZE": "4"}, 4, 4),  # first process of node 1
+        ({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"}, 3, 4),  # torchrun
+        ({"SLURM_PROCID": "2", "SLURM_NTASKS": "4"}, 2, 4),  # srun
+    ],
+)
+def test_launch_rank_reads_the_launchers_environment(env, rank, world, monkeypatch):  # noqa: ANN001
+    from lead_lightning.scoring.common import launch_rank, launch_world_size
+
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert (launch_rank(), launch_world_size()) == (rank, world)
+
+
 def test_wait_for_index_returns_once_the_file_appears(tmp_path):  # noqa: ANN001
     path = tmp_path / "idx.parquet"
     PoolIndex(clusters=[0, 1], iu0=[1.0, 2.0], provenance={"fingerprint": "old"}).save(path)  # stale

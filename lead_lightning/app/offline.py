@@ -67,6 +67,10 @@ def build_pool(
     pool_cfg = cfg.pool
     if pool_cfg.index:
         pool = load_pool_index(pool_cfg.index, records, check_provenance=pool_cfg.check_provenance)
+        log.info(
+            f"pool: training from pool.index={pool_cfg.index} ({len(pool)} examples, {pool.num_clusters}"
+            " clusters); nothing scored, the `clustering` settings are not used"
+        )
         return pool, cluster_names(pool, records, (pool.provenance or {}).get("cluster_input"))
 
     parts = pool_fingerprint_parts(cfg, module, dm, records)

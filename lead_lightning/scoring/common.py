@@ -75,5 +75,11 @@ def launch_rank() -> int:
 
 
 def launch_world_size() -> int:
-    """``WORLD_SIZE`` from the launcher's environment (1 when unset)."""
-    return int(os.environ.get("WORLD_SIZE") or 1)
+    """The number of processes the launcher started: ``WORLD_SIZE``, else ``SLURM_NTASKS``, else 1.
+
+    Example:
+        >>> launch_world_size() >= 1
+        True
+    """
+    env = os.environ
+    return int(env.get("WORLD_SIZE") or env.get("SLURM_NTASKS") or 1)
