@@ -13,38 +13,48 @@ call :func:`train`.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
-from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from lead_lightning.app.builders import build_datamodule, build_selection
-from lead_lightning.app.offline import build_pool
+# Only light imports here: `lead-train --help` and a config error must not import torch or lightning.
 from lead_lightning.app.runtime import (
     check_complete,
-    ddp_job_of_a_sweep,
-    finish_loggers,
+    check_run_dir,
+    echo,
+    is_relaunched_rank,
     job_overrides,
     make_loggers,
+    resumes,
     run_name,
 )
 from lead_lightning.app.schema import CONF_DIR, register_configs
-from lead_lightning.report import LeadReportCallback, format_summary
 
 __all__ = ["main", "train"]
+
+log = logging.getLogger("lead_lightning.train")  # not __name__: `python -m` makes that "__main__"
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one composed config; returns ``val_loss``, ``history``, ``output_dir``, ``wall_s`` and more."""
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+
+    from lead_lightning.app.builders import build_datamodule, build_selection
+    from lead_lightning.app.offline import build_pool
+    from lead_lightning.app.runtime import ddp_job_of_a_sweep, finish_loggers
+    from lead_lightning.report import LeadReportCallback
+
     t0 = time.perf_counter()
     check_complete(cfg)
     cfg.run_name = run_name(cfg)
     out_dir = Path(cfg.paths.output_dir)
+    if not is_relaunched_rank():  # ranks > 0 write into rank 0's directory: the same run
+        check_run_dir(out_dir, resuming=resumes(cfg))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     split = instantiate(cfg.data.records)
@@ -81,23 +91,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "plots": report.paths,
         "wall_s": time.perf_counter() - t0,
     }
-    if cfg.report.print_summary:
+    if cfg.report.print_summary and trainer.is_global_zero:
         _print_summary(cfg, pool, result)
     return result
 
 
-@rank_zero_only
 def _print_summary(cfg: DictConfig, pool: Any, r: dict[str, Any]) -> None:
+    """The per-round table and the outputs: to stdout, and under Hydra to ``<run dir>/train.log`` too."""
+    from lead_lightning.report import format_summary
+
     method = cfg.selection.method.value
-    print(
+    lines = [
         f"\nlead-train [{cfg.run_name}]: selection={method}, pool {len(pool)} examples, "
-        f"{pool.num_clusters} clusters: {r['cluster_names']}"
-    )
-    print(format_summary(r["history"], r["cluster_names"], r["evals"]))
-    print(
-        f"stop reason: {r['stop_reason']}; final val loss {r['val_loss']:.4f}; wall time {r['wall_s']:.1f} s"
-    )
-    print(f"outputs: {r['output_dir'].resolve()}")
+        f"{pool.num_clusters} clusters: {r['cluster_names']}",
+        format_summary(r["history"], r["cluster_names"], r["evals"]),
+        f"stop reason: {r['stop_reason']}; final val loss {r['val_loss']:.4f}; wall time {r['wall_s']:.1f} s",
+        f"outputs: {r['output_dir'].resolve()}",
+    ]
+    echo(log, "\n".join(lines))
 
 
 def _hydra_task(cfg: DictConfig) -> float:

@@ -158,5 +158,8 @@ def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (idempotent; call before composing ``conf/``)."""
     from hydra.core.config_store import ConfigStore
 
+    from lead_lightning.app.runtime import register_resolvers
+
+    register_resolvers()  # `${lead.run_id:}` in the run and sweep directories
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
