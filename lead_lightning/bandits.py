@@ -21,6 +21,8 @@ __all__ = [
     "EXP3",
     "EXP3S",
     "UCB1",
+    "Hedge",
+    "RoundNormalizer",
     "BanditPolicy",
     "RewardNormalizer",
     "ThompsonGaussian",
@@ -166,6 +168,10 @@ class EXP3(_Policy):
     Args:
         num_arms: number of arms ``K`` (clusters), >= 1.
         gamma: exploration rate in ``(0, 1]`` (LEAD's official value is 0.1).
+        eta: learning rate of the weights, > 0; ``None`` (the classic EXP3 and LEAD) uses
+            ``gamma / K``, which ties learning to exploration: at ``gamma=0.1`` and a few dozen rounds
+            the probabilities barely move. A rate tuned to a horizon of ``T`` rounds is
+            ``sqrt(2 ln K / (T K))`` (Bubeck and Cesa-Bianchi, 2012, Thm. 3.1).
 
     Example:
         >>> bandit = EXP3(num_arms=3, gamma=0.1)
@@ -177,9 +183,12 @@ class EXP3(_Policy):
     name = "exp3"
     _state_keys = ("log_weights",)
 
-    def __init__(self, num_arms: int, gamma: float = 0.1) -> None:
+    def __init__(self, num_arms: int, gamma: float = 0.1, eta: float | None = None) -> None:
         super().__init__(num_arms)
         self.gamma = _check_real("gamma", gamma, 0.0, 1.0, lo_open=True)
+        self.eta = (
+            self.gamma / num_arms if eta is None else _check_real("eta", eta, 0.0, math.inf, True, True)
+        )
         self.log_weights = torch.zeros(num_arms, dtype=torch.float64)
 
     def probabilities(self, mask: Tensor | None = None) -> Tensor:
@@ -188,10 +197,10 @@ class EXP3(_Policy):
         return ((1.0 - self.gamma) * share + self.gamma / int(available.sum())) * available
 
     def _log_growth(self, arms: list[int], rewards: list[float], probabilities: list[float]) -> Tensor:
-        """``gamma * xhat_i / K`` per arm, with ``xhat_i = r_i / p_i`` for drawn arms and 0 elsewhere."""
+        """``eta * xhat_i`` per arm, with ``xhat_i = r_i / p_i`` for drawn arms and 0 elsewhere."""
         if bad := [a for a in arms if not probabilities[a] > 0]:
             raise ValueError(f"`probabilities` must be > 0 for every drawn arm, got 0 for arms {bad}.")
-        scale = self.gamma / self.num_arms
+        scale = self.eta
         return self._per_arm(arms, [scale * r / probabilities[a] for a, r in zip(arms, rewards, strict=True)])
 
     def _update(self, arms: list[int], rewards: list[float], probabilities: list[float]) -> None:
@@ -223,8 +232,10 @@ class EXP3S(EXP3):
 
     name = "exp3s"
 
-    def __init__(self, num_arms: int, gamma: float = 0.1, alpha: float = 0.01) -> None:
-        super().__init__(num_arms, gamma)
+    def __init__(
+        self, num_arms: int, gamma: float = 0.1, alpha: float = 0.01, eta: float | None = None
+    ) -> None:
+        super().__init__(num_arms, gamma, eta)
         self.alpha = _check_real("alpha", alpha, 0.0, 1.0, lo_open=False)
 
     def _update(self, arms: list[int], rewards: list[float], probabilities: list[float]) -> None:
@@ -232,6 +243,42 @@ class EXP3S(EXP3):
         if self.alpha > 0:
             log_share = math.log(math.e * self.alpha / self.num_arms) + torch.logsumexp(self.log_weights, 0)
             grown = torch.logaddexp(grown, log_share)
+        self.log_weights = grown - grown.max()
+
+
+class Hedge(EXP3):
+    r"""Hedge (Freund and Schapire, 1997): exponential weights with full information.
+
+    .. math::
+        p_i = (1 - \gamma) \frac{w_i}{\sum_{j \in A} w_j} + \frac{\gamma}{|A|}, \qquad
+        w_a \leftarrow w_a \exp(\eta\, r_a) \text{ for every arm } a \text{ observed this round.}
+
+    For ``allocation="proportional"``, where every available cluster is trained (observed) every
+    round, so no importance weighting is needed. ``eta`` tuned to ``T`` rounds: ``sqrt(8 ln K / T)``
+    (Cesa-Bianchi and Lugosi, 2006, Thm. 2.2).
+
+    Args:
+        num_arms: number of arms ``K``, >= 1.
+        eta: learning rate, > 0.
+        gamma: share of uniform exploration in ``[0, 1]`` (default 0: observation is free).
+
+    Example:
+        >>> bandit = Hedge(num_arms=2, eta=1.0)
+        >>> bandit.update([0, 1], [1.0, 0.0], bandit.probabilities())
+        >>> bandit.probabilities()
+        tensor([0.7311, 0.2689], dtype=torch.float64)
+    """
+
+    name = "hedge"
+
+    def __init__(self, num_arms: int, eta: float = 0.5, gamma: float = 0.0) -> None:
+        _Policy.__init__(self, num_arms)
+        self.gamma = _check_real("gamma", gamma, 0.0, 1.0, lo_open=False)
+        self.eta = _check_real("eta", eta, 0.0, math.inf, True, True)
+        self.log_weights = torch.zeros(num_arms, dtype=torch.float64)
+
+    def _update(self, arms: list[int], rewards: list[float], probabilities: list[float]) -> None:
+        grown = self.log_weights + self._per_arm(arms, [self.eta * r for r in rewards])
         self.log_weights = grown - grown.max()
 
 
@@ -368,7 +415,7 @@ class Uniform(_Policy):
         return available / available.sum()
 
 
-BANDITS: dict[str, type] = {cls.name: cls for cls in (EXP3, EXP3S, UCB1, ThompsonGaussian, Uniform)}
+BANDITS: dict[str, type] = {cls.name: cls for cls in (EXP3, EXP3S, Hedge, UCB1, ThompsonGaussian, Uniform)}
 
 
 def make_bandit(spec: str | BanditPolicy, num_arms: int, **kwargs: Any) -> BanditPolicy:
@@ -422,3 +469,52 @@ class RewardNormalizer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [float(v) for v in state["history"]]
+
+
+class RoundNormalizer:
+    r"""Per-round normalisation of per-arm rewards, after optional per-arm exponential smoothing.
+
+    .. math::
+        m_a \leftarrow s\,m_a + (1 - s)\,r_a, \qquad
+        \tilde r_a = \frac{m_a - \min_{b \in R} m_b}{\max_{b \in R} m_b - \min_{b \in R} m_b}
+
+    over the arms ``R`` rewarded this round (``m_a = r_a`` the first time; 0.5 when the round's
+    values are all equal or only one arm was rewarded). Unlike :class:`RewardNormalizer`, the scale
+    never drifts with the history: each round compares its arms with each other, which is what a
+    full-information update (every cluster trained every round) needs.
+
+    Args:
+        num_arms: number of arms.
+        smoothing: ``s`` in ``[0, 1)``; 0 uses each round's raw reward as is.
+
+    Example:
+        >>> norm = RoundNormalizer(3)
+        >>> norm.normalize({0: 0.2, 1: 0.5, 2: 0.4})
+        {0: 0.0, 1: 1.0, 2: 0.6666666666666667}
+    """
+
+    def __init__(self, num_arms: int, smoothing: float = 0.0) -> None:
+        self.smoothing = _check_real("smoothing", smoothing, 0.0, 1.0, lo_open=False, hi_open=True)
+        self.mean = torch.zeros(num_arms, dtype=torch.float64)
+        self.seen = torch.zeros(num_arms, dtype=torch.bool)
+
+    def normalize(self, raw: dict[int, float]) -> dict[int, float]:
+        """Smooth each arm's raw reward into its running mean and scale this round's arms to ``[0, 1]``."""
+        s = self.smoothing
+        for a, r in raw.items():
+            if not math.isfinite(r):
+                raise ValueError(f"`raw` reward must be finite, got {r} for arm {a}.")
+            self.mean[a] = s * self.mean[a] + (1.0 - s) * r if bool(self.seen[a]) else r
+            self.seen[a] = True
+        values = {a: float(self.mean[a]) for a in raw}
+        if not values:
+            return {}
+        lo, hi = min(values.values()), max(values.values())
+        return {a: 0.5 if hi == lo else (v - lo) / (hi - lo) for a, v in values.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.clone(), "seen": self.seen.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean = state["mean"].clone().to(torch.float64)
+        self.seen = state["seen"].clone().to(torch.bool)

@@ -8,12 +8,15 @@ same state makes the same decisions.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lead_lightning.bandits import BanditPolicy, RewardNormalizer, make_bandit
+from lead_lightning.allocation import paced_new_cap, proportional_quotas, top_up
+from lead_lightning.bandits import BanditPolicy, RewardNormalizer, RoundNormalizer, make_bandit
+from lead_lightning.config import REWARDS, WITHIN, LeadConfig, resolve_config
 from lead_lightning.idu import IDUState, RoundRecords
 from lead_lightning.pool import PoolIndex
 from lead_lightning.selection import (
@@ -21,26 +24,48 @@ from lead_lightning.selection import (
     cap_new_examples,
     eligible_mask,
     resolve_count,
+    round_size,
     select_in_clusters,
 )
 from lead_lightning.sketch import gradient_coefficient
 
-__all__ = ["LeadSelector", "REWARDS", "WITHIN"]
+__all__ = ["LeadSelector", "REWARDS", "WITHIN", "horizon_eta"]
 
-REWARDS = ("idu_drop", "loss_drop", "val_loss_drop")
-WITHIN = ("idu", "random")
+_DEMOTED = 1e6  # subtracted from a demoted example's utility: drawn only when nothing else is eligible
+
+
+def horizon_eta(bandit: Any, num_arms: int, horizon: int | None, eta: float | str) -> float:
+    """The bandit learning rate: ``eta`` itself, or for ``"horizon"`` the rate tuned to ``horizon`` rounds.
+
+    EXP3 / EXP3.S: ``sqrt(2 ln K / (T K))`` (Bubeck and Cesa-Bianchi 2012, Thm. 3.1); Hedge (full
+    information): ``sqrt(8 ln K / T)`` (Cesa-Bianchi and Lugosi 2006, Thm. 2.2). ``K = 1`` gives 1.
+
+    Example:
+        >>> round(horizon_eta("exp3", 7, 10, "horizon"), 4), round(horizon_eta("hedge", 7, 10, "horizon"), 4)
+        (0.2358, 1.2477)
+    """
+    if eta != "horizon":
+        return float(eta)
+    assert horizon is not None
+    k = max(num_arms, 2)
+    if str(getattr(bandit, "name", bandit)).lower() == "hedge":
+        return math.sqrt(8 * math.log(k) / horizon)
+    return math.sqrt(2 * math.log(k) / (horizon * k))
 
 
 class LeadSelector:
     """Selection state and the two round-boundary operations: :meth:`draw` and :meth:`close_round`.
 
-    Arguments are those of :class:`~lead_lightning.LeadSelectionCallback` (validated here).
+    Args:
+        pool: the pool index.
+        config: the settings (default ``LeadConfig()``); ``overrides`` replace fields of it.
 
     Example:
         >>> import torch
         >>> from lead_lightning import PoolIndex
-        >>> sel = LeadSelector(PoolIndex(clusters=[0, 0, 1, 1], iu0=[1.0, 2.0, 3.0, 4.0]), budget=1.0,
-        ...                    sample_rate=0.5, seed=0)
+        >>> from lead_lightning import LeadConfig
+        >>> pool = PoolIndex(clusters=[0, 0, 1, 1], iu0=[1.0, 2.0, 3.0, 4.0])
+        >>> sel = LeadSelector(pool, LeadConfig(budget=1.0, sample_rate=0.5, seed=0))
         >>> sub = sel.current_subset()
         >>> recs = RoundRecords(sub, torch.zeros(len(sub)), torch.zeros(len(sub), dtype=torch.float64))
         >>> summary = sel.close_round(recs, sketch_end=torch.zeros(4, dtype=torch.float64))
@@ -48,73 +73,48 @@ class LeadSelector:
         (0, 1)
     """
 
-    def __init__(
-        self,
-        pool: PoolIndex,
-        budget: float | int = 0.025,
-        sample_rate: float | int = 0.015,
-        bandit: str | BanditPolicy = "exp3",
-        arms_per_round: int = 1,
-        max_uses: int = 4,
-        history_weight: float = 0.1,
-        reward: str = "idu_drop",
-        within_cluster: str = "idu",
-        max_rounds: int | None = None,
-        stop_on_budget: bool = False,
-        cluster_history: str = "last",
-        seed: int = 42,
-        shuffle: bool = True,
-        bandit_kwargs: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, pool: PoolIndex, config: LeadConfig | None = None, **overrides: Any) -> None:
         if not isinstance(pool, PoolIndex):
             raise TypeError(f"`pool` must be a `PoolIndex`, got {type(pool).__name__}.")
+        self.config = cfg = resolve_config(LeadConfig, config, overrides)
         n = len(pool)
         self.pool = pool
-        self.budget = resolve_count("budget", budget, n)
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)):
-            raise ValueError(f"`sample_rate` must be a float in (0, 1] or an int count, got {sample_rate!r}.")
-        if isinstance(sample_rate, float):
-            if not (0.0 < sample_rate <= 1.0):
-                raise ValueError(
-                    f"`sample_rate` must be in (0, 1] (a fraction of each group), got {sample_rate!r}."
-                    " HINT: pass an int for an absolute number of examples per round."
-                )
-            self.sample_rate: float | None = float(sample_rate)
+        self.budget = resolve_count("budget", cfg.budget, n)
+        if isinstance(cfg.sample_rate, float):
+            self.sample_rate: float | None = float(cfg.sample_rate)
             self.examples_per_round: int | None = None
         else:
-            self.sample_rate, self.examples_per_round = None, resolve_count("sample_rate", sample_rate, n)
-        if not isinstance(arms_per_round, int) or not 1 <= arms_per_round <= pool.num_clusters:
+            self.sample_rate, self.examples_per_round = None, resolve_count("sample_rate", cfg.sample_rate, n)
+        if not 1 <= cfg.arms_per_round <= pool.num_clusters:
             raise ValueError(
                 f"`arms_per_round` must be an int in [1, {pool.num_clusters}] (the number of clusters),"
-                f" got {arms_per_round!r}."
+                f" got {cfg.arms_per_round!r}."
             )
-        if not isinstance(max_uses, int) or not 1 <= max_uses <= 255:
-            raise ValueError(f"`max_uses` must be an int in [1, 255], got {max_uses!r}.")
-        if not (isinstance(history_weight, (int, float)) and 0.0 <= history_weight < 1.0):
-            raise ValueError(f"`history_weight` must be in [0, 1), got {history_weight!r}.")
-        if reward not in REWARDS:
-            raise ValueError(f"`reward` must be one of {list(REWARDS)}, got {reward!r}.")
-        if within_cluster not in WITHIN:
-            raise ValueError(f"`within_cluster` must be one of {list(WITHIN)}, got {within_cluster!r}.")
-        if cluster_history not in ("last", "first"):
-            raise ValueError(f"`cluster_history` must be 'last' or 'first', got {cluster_history!r}.")
-        if max_rounds is not None and (not isinstance(max_rounds, int) or max_rounds < 1):
-            raise ValueError(f"`max_rounds` must be a positive int or None, got {max_rounds!r}.")
-        self.bandit: BanditPolicy = make_bandit(bandit, pool.num_clusters, **(bandit_kwargs or {}))
-        self.arms_per_round = arms_per_round
-        self.max_uses = max_uses
-        self.history_weight = float(history_weight)
-        self.reward = reward
-        self.within_cluster = within_cluster
-        self.max_rounds = max_rounds
-        self.stop_on_budget = stop_on_budget
-        self.cluster_history = cluster_history
-        self.seed = int(seed)
-        self.shuffle = shuffle
+        bandit_kwargs = dict(cfg.bandit_kwargs)
+        if cfg.bandit_eta is not None:
+            bandit_kwargs["eta"] = horizon_eta(cfg.bandit, pool.num_clusters, cfg.max_rounds, cfg.bandit_eta)
+        self.bandit: BanditPolicy = make_bandit(cfg.bandit, pool.num_clusters, **bandit_kwargs)
+        self.allocation = cfg.allocation
+        # proportional allocation trains LEAD's average round (the baselines' round size) every round
+        self.round_size = self.examples_per_round or round_size(pool, cfg.sample_rate, cfg.arms_per_round)
+        self.arms_per_round = cfg.arms_per_round
+        self.max_uses = cfg.max_uses
+        self.history_weight = float(cfg.history_weight)
+        self.reward = cfg.reward
+        self.within_cluster = cfg.within_cluster
+        self.max_rounds = cfg.max_rounds
+        self.stop_on_budget = cfg.stop_on_budget
+        self.cluster_history = cfg.cluster_history
+        self.seed = int(cfg.seed)
+        self.shuffle = cfg.shuffle
 
         self.layout = ClusterLayout(pool.clusters, pool.groups)
         self.state = IDUState(pool.iu0)
-        self.normalizer = RewardNormalizer()
+        self.normalizer: RewardNormalizer | RoundNormalizer = (
+            RewardNormalizer()
+            if cfg.reward_norm == "history"
+            else RoundNormalizer(pool.num_clusters, cfg.reward_smoothing)
+        )
         self.round = 0
         self.history: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
@@ -125,7 +125,8 @@ class LeadSelector:
         self.subset: Tensor | None = None
         self.arms: list[int] = []
         self.probs: Tensor | None = None
-        self._last_loss: Tensor | None = pool.iu0.clone() if reward == "loss_drop" else None
+        keep_last = cfg.reward == "loss_drop" or cfg.learnability  # the latest training loss per example
+        self._last_loss: Tensor | None = pool.iu0.clone() if keep_last else None
         self._prev_val: float | None = None
         self._recount()
 
@@ -172,33 +173,78 @@ class LeadSelector:
         return self.subset
 
     def draw(self) -> Tensor:
-        """Redraw: the bandit picks clusters, then top-IDU per group, budget cap, seeded shuffle."""
+        """Redraw: the bandit allocates the round over clusters, then top utility per group, budget cap, shuffle."""
         mask = self.available_clusters()
         if self.stop_reason is not None or not bool(mask.any()):
             self.subset, self.arms = torch.empty(0, dtype=torch.int64), []
             return self.subset
         self.probs = self.bandit.probabilities(mask)
-        n_arms = min(self.arms_per_round, int(mask.sum()))
-        self.arms = [int(a) for a in self.bandit.draw(n_arms, self._generator(0), mask)]
+        scores, cap_scores = self._scores()
+        if self.allocation == "single":
+            n_arms = min(self.arms_per_round, int(mask.sum()))
+            self.arms = [int(a) for a in self.bandit.draw(n_arms, self._generator(0), mask)]
+            chosen = select_in_clusters(
+                self.layout, self.arms, scores, self.eligible, self.sample_rate, self.examples_per_round
+            )
+        else:
+            self.arms = torch.nonzero(mask).flatten().tolist()
+            quota = proportional_quotas(
+                self._sizes * mask, self.probs, self.round_size, self.config.allocation_floor
+            )
+            parts = [
+                select_in_clusters(self.layout, [a], scores, self.eligible, None, int(quota[a]))
+                for a in self.arms
+                if int(quota[a]) > 0
+            ]
+            chosen = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
+        new_cap = self.budget_left()
+        if self.config.pacing:
+            assert self.max_rounds is not None
+            new_cap = paced_new_cap(new_cap, self.max_rounds - self.round)
+        chosen = cap_new_examples(chosen, self.state.uses, cap_scores, new_cap)
+        if self.allocation == "proportional" and chosen.numel() < self.round_size:
+            chosen = self._top_up(chosen, cap_scores, new_cap)
+        if self.shuffle and chosen.numel():
+            chosen = chosen[torch.randperm(chosen.numel(), generator=self._generator(2))]
+        if self.allocation == "proportional":  # the clusters this round actually trains
+            self.arms = torch.unique(self.layout.clusters[chosen].to(torch.int64)).tolist()
+        for a in self.arms:
+            self.coef[a] = gradient_coefficient(self.u_cluster.get(a), self.u_prev)[0]
+        self.subset = chosen
+        return chosen
+
+    def _scores(self) -> tuple[Tensor | Callable[[Tensor], Tensor], Tensor]:
+        """Per-example ranking key (or a function of ids) for the draw, and the key of the budget cap."""
         if self.within_cluster == "random":
             gen = self._generator(1)
 
             def scores(ids: Tensor) -> Tensor:
                 return torch.rand(ids.numel(), generator=gen)
 
-            cap_scores = torch.zeros(len(self.state))  # random order already decided; ties by id
-        else:
-            scores = cap_scores = self.state.idu  # type: ignore[assignment]
-        chosen = select_in_clusters(
-            self.layout, self.arms, scores, self.eligible, self.sample_rate, self.examples_per_round
-        )
-        chosen = cap_new_examples(chosen, self.state.uses, cap_scores, self.budget_left())
-        if self.shuffle and chosen.numel():
-            chosen = chosen[torch.randperm(chosen.numel(), generator=self._generator(2))]
-        for a in self.arms:
-            self.coef[a] = gradient_coefficient(self.u_cluster.get(a), self.u_prev)[0]
-        self.subset = chosen
-        return chosen
+            return scores, torch.zeros(len(self.state))  # random order already decided; ties by id
+        utility = self.state.idu
+        if self.config.learnability:
+            utility = utility - _DEMOTED * self.demoted().to(utility.dtype)
+        return utility, utility
+
+    def demoted(self) -> Tensor:
+        """``BoolTensor[N]``: examples whose latest training loss is not below their offline loss ``iu0``.
+
+        Only with ``learnability=True``: for a noisy example (a wrong answer whose clean twins the model
+        learns) the loss rises from the offline score; for a learnable one it falls.
+        """
+        if self._last_loss is None:
+            return torch.zeros(len(self.state), dtype=torch.bool)
+        return (self.state.uses > 0) & (self._last_loss >= self.pool.iu0)
+
+    def _top_up(self, chosen: Tensor, scores: Tensor, new_cap: int) -> Tensor:
+        """Fill a short proportional round with the next-best eligible examples (new ones within the cap)."""
+        ok = self.eligible()
+        n_new = int((self.state.uses[chosen] == 0).sum())
+        if n_new >= new_cap:
+            ok &= self.state.uses > 0
+        out = top_up(chosen, self.round_size, torch.nonzero(ok).flatten(), scores)
+        return cap_new_examples(out, self.state.uses, scores, new_cap)
 
     # ------------------------------------------------------------------ round end
     def close_round(
@@ -209,50 +255,30 @@ class LeadSelector:
         Returns the round summary (also appended to :attr:`history`).
         """
         subset = self.current_subset()
-        recs = records.first_occurrence()
-        n = len(self.state)
-        if len(recs) and (int(recs.ids.min()) < 0 or int(recs.ids.max()) >= n):
-            raise ValueError(
-                f"Trained ids must be pool ids in [0, {n}); got min {int(recs.ids.min())}, max {int(recs.ids.max())}."
-            )
-        in_subset = torch.isin(recs.ids, subset)
-        if not bool(in_subset.all()):
-            bad = recs.ids[~in_subset][:8].tolist()
-            raise RuntimeError(
-                f"Examples {bad} were trained but not selected for round {self.round}. HINT: the dataset's index i"
-                " must be pool id i, and the train DataLoader must use `sampler=callback.sampler`."
-            )
+        recs = self._check_records(records.first_occurrence(), subset)
         missed = subset.numel() - len(recs)
         finite = torch.isfinite(recs.loss)
         n_nan = int((~finite).sum())
+        all_ids = recs.ids
+        old_uses_all = self.state.uses[all_ids]
         if n_nan:
+            # an example whose loss is not finite still counts the use (else it is redrawn every round)
+            self.state.count_uses(all_ids[~finite])
             recs = RoundRecords(recs.ids[finite], recs.loss[finite], recs.lr[finite])
         clusters = self.layout.clusters[recs.ids].to(torch.int64)
-        old_uses = self.state.uses[recs.ids]
         before, after = self.state.apply(recs, self.coef[clusters], self.history_weight)
-        self._account(clusters, old_uses, self.state.uses[recs.ids])
+        self._account(self.layout.clusters[all_ids].to(torch.int64), old_uses_all, self.state.uses[all_ids])
 
-        raw: dict[int, float] = {}
-        for a in self.arms:
-            m = clusters == a
-            if not bool(m.any()):
-                continue
-            if self.reward == "idu_drop":
-                raw[a] = float((before[m] - after[m]).double().mean())
-            elif self.reward == "loss_drop":
-                assert self._last_loss is not None
-                raw[a] = float((self._last_loss[recs.ids[m]] - recs.loss[m]).double().mean())
-            else:
-                if val_metric is None:
-                    raise ValueError("`reward='val_loss_drop'` needs the validation metric of every round.")
-                raw[a] = 0.0 if self._prev_val is None else self._prev_val - val_metric
-        if self._last_loss is not None:
-            self._last_loss[recs.ids] = recs.loss
-        if val_metric is not None:
-            self._prev_val = val_metric
-        normed = {a: self.normalizer.normalize(r) for a, r in raw.items()}
+        first = old_uses_all[finite] == 0 if n_nan else old_uses_all == 0
+        raw = self._raw_rewards(recs, clusters, before, after, val_metric, first)
+        if isinstance(self.normalizer, RoundNormalizer):
+            normed = self.normalizer.normalize(raw)
+        else:
+            normed = {a: self.normalizer.normalize(r) for a, r in raw.items()}
         if normed and self.probs is not None:
-            self.bandit.update(list(normed), list(normed.values()), self.probs)
+            # proportional allocation observes every arm it trained: full information, no importance weights
+            observed = torch.ones_like(self.probs) if self.allocation == "proportional" else self.probs
+            self.bandit.update(list(normed), list(normed.values()), observed)
 
         if self.sketch_start is not None:
             update = sketch_end - self.sketch_start
@@ -265,6 +291,7 @@ class LeadSelector:
         seen = self._seen
         summary = {
             "round": self.round,
+            "method": "lead",
             "arms": list(self.arms),
             "n_selected": int(subset.numel()),
             "n_missed": int(missed),
@@ -280,12 +307,67 @@ class LeadSelector:
             "idu_mean_pool": float(self.state.idu.mean()),  # float32 pairwise sum: fast at 1e7
             "idu_mean_selected": float(after.double().mean()) if after.numel() else math.nan,
             "nan_skipped": n_nan,
+            "loss_mean_selected": float(recs.loss.double().mean()) if len(recs) else math.nan,
         }
         self.history.append(summary)
         self.round += 1
         self.subset = None
         self.stop_reason = self._stop_reason()
         return summary
+
+    def _check_records(self, recs: RoundRecords, subset: Tensor) -> RoundRecords:
+        n = len(self.state)
+        if len(recs) and (int(recs.ids.min()) < 0 or int(recs.ids.max()) >= n):
+            raise ValueError(
+                f"Trained ids must be pool ids in [0, {n}); got min {int(recs.ids.min())}, max {int(recs.ids.max())}."
+            )
+        in_subset = torch.isin(recs.ids, subset)
+        if not bool(in_subset.all()):
+            bad = recs.ids[~in_subset][:8].tolist()
+            raise RuntimeError(
+                f"Examples {bad} were trained but not selected for round {self.round}. HINT: the dataset's index i"
+                " must be pool id i, and the train DataLoader must use `sampler=callback.sampler`."
+            )
+        return recs
+
+    def _raw_rewards(
+        self,
+        recs: RoundRecords,
+        clusters: Tensor,
+        before: Tensor,
+        after: Tensor,
+        val_metric: float | None,
+        first: Tensor,
+    ) -> dict[int, float]:
+        """Raw reward of each drawn arm that trained a finite-loss example this round."""
+        if self.reward == "val_loss_drop" and val_metric is None:
+            raise ValueError("`reward='val_loss_drop'` needs the validation metric of every round.")
+        raw: dict[int, float] = {}
+        for a in self.arms:
+            m = clusters == a
+            if not bool(m.any()):
+                continue
+            if self.reward == "idu_drop":
+                raw[a] = float((before[m] - after[m]).double().mean())
+            elif self.reward == "first_visit_gain":
+                # offline loss minus the loss just before an example's first step: transfer from the
+                # other training, measured on examples not trained yet (a held-out estimate at no cost)
+                mf = m & first
+                if not bool(mf.any()):
+                    continue
+                ids = recs.ids[mf]
+                raw[a] = float((self.pool.iu0[ids] - recs.loss[mf]).double().mean())
+            elif self.reward == "loss_drop":
+                assert self._last_loss is not None
+                raw[a] = float((self._last_loss[recs.ids[m]] - recs.loss[m]).double().mean())
+            else:
+                assert val_metric is not None
+                raw[a] = 0.0 if self._prev_val is None else self._prev_val - val_metric
+        if self._last_loss is not None:
+            self._last_loss[recs.ids] = recs.loss
+        if val_metric is not None:
+            self._prev_val = val_metric
+        return raw
 
     def _stop_reason(self) -> str | None:
         if self.max_rounds is not None and self.round >= self.max_rounds:
@@ -309,6 +391,7 @@ class LeadSelector:
             "idu": self.state.state_dict(),
             "bandit": self.bandit.state_dict(),
             "normalizer": self.normalizer.state_dict(),
+            "normalizer_kind": type(self.normalizer).__name__,
             "sketch_start": self.sketch_start,
             "u_prev": self.u_prev,
             "u_cluster": {int(k): v for k, v in self.u_cluster.items()},

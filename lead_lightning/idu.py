@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["IDUState", "RoundRecords", "idu_update"]
+__all__ = ["IDUState", "RecordBuffer", "RoundRecords", "idu_update"]
 
 
 def idu_update(idu_prev: Tensor, loss: Tensor, lr: Tensor, coef: Tensor, history_weight: float) -> Tensor:
@@ -86,6 +86,52 @@ class RoundRecords:
         return cls(d["ids"].to(torch.int64), d["loss"].float(), d["lr"].double())
 
 
+class RecordBuffer:
+    """Per-step records of one process: ``(ids, per-example loss, learning rate)`` of each batch.
+
+    Recording is a list append (no device op, no host sync); :meth:`take` moves everything to the
+    CPU in one transfer and empties the buffer; :meth:`peek` does the same without emptying it.
+
+    Example:
+        >>> import torch
+        >>> buf = RecordBuffer()
+        >>> buf.record(torch.tensor([3, 0]), torch.tensor([0.5, 0.25]), 0.1)
+        >>> buf.take().ids.tolist(), buf.num_recorded
+        ([3, 0], 0)
+    """
+
+    def __init__(self) -> None:
+        self._ids: list[Tensor] = []
+        self._loss: list[Tensor] = []
+        self._lr: list[tuple[float | Tensor, int]] = []
+
+    def record(self, ids: Tensor, loss: Tensor, lr: float | Tensor) -> None:
+        self._ids.append(ids.detach())
+        self._loss.append(loss.detach())
+        self._lr.append((lr, ids.numel()))
+
+    @property
+    def num_recorded(self) -> int:
+        return sum(t.numel() for t in self._ids)
+
+    def peek(self) -> RoundRecords:
+        """Everything recorded so far, as CPU tensors; the buffer keeps it."""
+        if not self._ids:
+            return RoundRecords.empty()
+        ids = torch.cat([t.reshape(-1) for t in self._ids]).to("cpu", torch.int64)
+        loss = torch.cat([t.reshape(-1).float() for t in self._loss]).to("cpu")
+        lr = torch.cat(
+            [torch.as_tensor(v, dtype=torch.float64).reshape(1).expand(n).cpu() for v, n in self._lr]
+        )
+        return RoundRecords(ids, loss, lr)
+
+    def take(self) -> RoundRecords:
+        """Everything recorded so far, as CPU tensors; the buffer is emptied."""
+        out = self.peek()
+        self._ids, self._loss, self._lr = [], [], []
+        return out
+
+
 class IDUState:
     """Per-example selection state: IDU (float32) and use counts (uint8); 5 bytes per example.
 
@@ -104,36 +150,23 @@ class IDUState:
     def __init__(self, iu0: Tensor) -> None:
         self.idu: Tensor = iu0.detach().to(torch.float32).clone()
         self.uses: Tensor = torch.zeros(iu0.numel(), dtype=torch.uint8)
-        self._ids: list[Tensor] = []
-        self._loss: list[Tensor] = []
-        self._lr: list[tuple[float | Tensor, int]] = []
-        self.carried = RoundRecords.empty()  # records restored from a checkpoint / merged across ranks
+        self._buffer = RecordBuffer()
 
     def __len__(self) -> int:
         return int(self.idu.numel())
 
     # ------------------------------------------------------------------ per step (hot path)
     def record(self, ids: Tensor, loss: Tensor, lr: float | Tensor) -> None:
-        """Remember one batch: no device op, no host sync."""
-        self._ids.append(ids.detach())
-        self._loss.append(loss.detach())
-        self._lr.append((lr, ids.numel()))
+        """Remember one batch: no device op, no host sync (see :class:`RecordBuffer`)."""
+        self._buffer.record(ids, loss, lr)
 
     @property
     def num_recorded(self) -> int:
-        return sum(t.numel() for t in self._ids)
+        return self._buffer.num_recorded
 
     def take_records(self) -> RoundRecords:
         """This process's records since the last call, as CPU tensors (one transfer)."""
-        if not self._ids:
-            return RoundRecords.empty()
-        ids = torch.cat([t.reshape(-1) for t in self._ids]).to("cpu", torch.int64)
-        loss = torch.cat([t.reshape(-1).float() for t in self._loss]).to("cpu")
-        lr = torch.cat(
-            [torch.as_tensor(v, dtype=torch.float64).reshape(1).expand(n).cpu() for v, n in self._lr]
-        )
-        self._ids, self._loss, self._lr = [], [], []
-        return RoundRecords(ids, loss, lr)
+        return self._buffer.take()
 
     # ------------------------------------------------------------------ round end
     def apply(self, records: RoundRecords, coef: Tensor, history_weight: float) -> tuple[Tensor, Tensor]:
@@ -153,6 +186,11 @@ class IDUState:
         u = self.uses[ids]
         self.uses[ids] = torch.where(u < 255, u + 1, u)
         return before, after
+
+    def count_uses(self, ids: Tensor) -> None:
+        """Count one use of ``ids`` without touching their IDU (e.g. their loss was not finite)."""
+        u = self.uses[ids]
+        self.uses[ids] = torch.where(u < 255, u + 1, u)
 
     def nbytes(self) -> int:
         return self.idu.element_size() * self.idu.numel() + self.uses.element_size() * self.uses.numel()

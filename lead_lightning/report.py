@@ -29,6 +29,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
+from lead_lightning.base import RoundSelectionCallback
+
 __all__ = [
     "LeadReportCallback",
     "cluster_table",
@@ -149,18 +151,16 @@ def write_plots(
     return paths
 
 
-def cluster_table(selection: Any, names: Sequence[str] | None = None) -> tuple[list[str], list[list[Any]]]:
-    """Per cluster: size, mean iu0 / IFD / current IDU, rounds chosen, examples selected, unique seen, last p."""
-    pool = getattr(selection, "pool", None) or selection.selector.pool
+def cluster_table(
+    selection: RoundSelectionCallback, names: Sequence[str] | None = None
+) -> tuple[list[str], list[list[Any]]]:
+    """Per cluster: size, mean iu0 / IFD / current utility, rounds chosen, examples selected, unique seen, last p."""
+    pool = selection.pool
     history = selection.history
-    state = getattr(selection, "state", None)
+    utility = selection.utility()
     k_all = pool.num_clusters
     labels = list(names) if names is not None and len(names) == k_all else [str(k) for k in range(k_all)]
-    seen = (
-        state.uses > 0
-        if state is not None
-        else getattr(selection, "_seen", torch.zeros(len(pool), dtype=torch.bool))
-    )
+    seen = selection.seen()
     columns = [
         "cluster",
         "name",
@@ -177,7 +177,7 @@ def cluster_table(selection: Any, names: Sequence[str] | None = None) -> tuple[l
     for k in range(k_all):
         m = pool.clusters == k
         ifd = float(pool.ifd[m].nanmean()) if pool.ifd is not None else math.nan
-        idu = float(state.idu[m].mean()) if state is not None else math.nan
+        idu = float(utility[m].mean()) if utility is not None else math.nan
         rows.append(
             [
                 k,
@@ -245,15 +245,17 @@ class LeadReportCallback(Callback):
 
     def __init__(
         self,
-        selection: Callback,
+        selection: RoundSelectionCallback,
         cluster_names: Sequence[str] | None = None,
         out_dir: str | Path | None = None,
         plots: bool = True,
         wandb_media: bool = True,
     ) -> None:
         super().__init__()
-        if not hasattr(selection, "history"):
-            raise TypeError(f"`selection` must expose a `history` list, got {type(selection).__name__}.")
+        if not isinstance(selection, RoundSelectionCallback):
+            raise TypeError(
+                f"`selection` must be a `RoundSelectionCallback` (LEAD or a baseline), got {type(selection).__name__}."
+            )
         self.selection = selection
         self.cluster_names = list(cluster_names) if cluster_names is not None else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -271,7 +273,7 @@ class LeadReportCallback(Callback):
         return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._subset = self.selection.current_subset() if hasattr(self.selection, "current_subset") else None
+        self._subset = self.selection.current_subset()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         value = trainer.callback_metrics.get("val/loss")
@@ -302,31 +304,29 @@ class LeadReportCallback(Callback):
         metrics.update({f"lead/coef/cluster_{k}": float(v) for k, v in e.get("coef", {}).items()})
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=trainer.global_step)
-        state = getattr(self.selection, "state", None)
-        if not self.wandb_media or state is None:
+        utility = self.selection.utility()
+        if not self.wandb_media or utility is None:
             return
         for lg in self._wandb_loggers(trainer):
             import wandb
 
-            media = {"lead/idu_hist/pool": wandb.Histogram(state.idu.numpy())}
+            media = {"lead/idu_hist/pool": wandb.Histogram(utility.numpy().tolist())}
             if self._subset is not None and self._subset.numel():
-                media["lead/idu_hist/selected"] = wandb.Histogram(state.idu[self._subset].numpy())
+                media["lead/idu_hist/selected"] = wandb.Histogram(utility[self._subset].numpy().tolist())
             lg.log_metrics(media, step=trainer.global_step)  # type: ignore[arg-type]
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         history = self.selection.history
-        budget = getattr(self.selection, "budget", None) or getattr(
-            getattr(self.selection, "selector", None), "budget", None
-        )
+        budget = self.selection.budget
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             record = {
                 "history": history,
                 "evals": self.evals,
                 "cluster_names": self.cluster_names,
-                "stop_reason": getattr(self.selection, "stop_reason", None),
+                "stop_reason": self.selection.stop_reason,
                 "budget": budget,
             }
             (self.out_dir / "history.json").write_text(json.dumps(_json_safe(record), indent=1))

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["ClusterLayout", "eligible_mask", "per_group_quota", "select_in_clusters", "cap_new_examples"]
+__all__ = [
+    "ClusterLayout",
+    "cap_new_examples",
+    "eligible_mask",
+    "per_group_quota",
+    "round_size",
+    "select_in_clusters",
+]
 
 
 class ClusterLayout:
@@ -191,3 +199,21 @@ def resolve_count(name: str, value: float | int, n: int) -> int:
     raise ValueError(
         f"`{name}` must be a fraction in (0, 1] or a whole count in [1, {n}] (the pool size), got {value!r}."
     )
+
+
+def round_size(pool: Any, sample_rate: float | int, arms_per_round: int = 1) -> int:
+    """Examples LEAD draws per round on average over clusters (the baselines' per-round count).
+
+    Example:
+        >>> from lead_lightning import PoolIndex
+        >>> pool = PoolIndex(clusters=[0, 0, 0, 1, 1, 1], iu0=[1.0] * 6)
+        >>> round_size(pool, 0.5), round_size(pool, 4)
+        (2, 4)
+    """
+    if isinstance(sample_rate, int):
+        return sample_rate
+    per_cluster = []
+    for k in range(pool.num_clusters):
+        sizes = torch.bincount(pool.groups[pool.clusters == k])
+        per_cluster.append(sum(math.ceil(sample_rate * int(s)) for s in sizes if s > 0))
+    return max(1, round(arms_per_round * sum(per_cluster) / len(per_cluster)))

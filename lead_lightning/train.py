@@ -40,17 +40,25 @@ log = logging.getLogger("lead_lightning.train")  # not __name__: `python -m` mak
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one composed config; returns ``val_loss``, ``history``, ``output_dir``, ``wall_s`` and more."""
+    """Run one composed config; returns ``val_loss``, ``history``, ``output_dir``, ``wall_s`` and more.
+
+    Also ``val_metrics`` (final ``val/...`` values, per held-out group with ``report.val_groups``),
+    ``val_curve``, ``trained`` (example-steps, unique examples, shares of flagged examples),
+    ``selection_s`` (with ``trainer.profiler=simple``), ``pool_s`` (the offline stage) and, with
+    ``save_model``, ``model_dir``.
+    """
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
     from lead_lightning.app.builders import build_datamodule, build_selection
     from lead_lightning.app.offline import build_pool
     from lead_lightning.app.runtime import ddp_job_of_a_sweep, finish_loggers
+    from lead_lightning.monitors import RunMonitors
     from lead_lightning.report import LeadReportCallback
 
     t0 = time.perf_counter()
     check_complete(cfg)
+    selection_config = instantiate(cfg.selection)  # validated here, before any data or model work
     cfg.run_name = run_name(cfg)
     out_dir = Path(cfg.paths.output_dir)
     if not is_relaunched_rank():  # ranks > 0 write into rank 0's directory: the same run
@@ -63,13 +71,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     net = instantiate(cfg.model.net)(vocab_size=len(tokenizer))
     module = instantiate(cfg.model.module)(model=net, lora=instantiate(cfg.peft) if cfg.peft else None)
 
+    t_pool = time.perf_counter()
     pool, names = build_pool(cfg, module, dm, records)  # a pool.index file, the score cache, or scoring
-    selection = build_selection(cfg.selection, pool, instantiate(cfg.bandit), cfg.rounds, cfg.seed)
+    pool_s = time.perf_counter() - t_pool
+    selection = build_selection(selection_config, pool)
     report = LeadReportCallback(
         selection, names, out_dir, plots=cfg.report.plots, wandb_media=cfg.report.wandb_media
     )
     loggers = make_loggers(cfg)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[selection, report], logger=loggers or False)
+    monitors = RunMonitors(split.train, records, split.flags, split.val, val_groups=cfg.report.val_groups)
+    callbacks = [selection, report, *monitors.callbacks]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for lg in loggers:
         lg.log_hyperparams({**resolved, "overrides": job_overrides(), "pool_size": len(pool)})  # type: ignore[dict-item]
@@ -86,11 +98,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "history": selection.history,
         "evals": report.evals,
         "cluster_names": names,
-        "stop_reason": getattr(selection, "stop_reason", None),
+        "stop_reason": selection.stop_reason,
+        "method": selection.method,
         "output_dir": out_dir,
         "plots": report.paths,
-        "wall_s": time.perf_counter() - t0,
+        "pool_s": pool_s,
+        **monitors.results(trainer, selection),
     }
+    if cfg.save_model and trainer.is_global_zero:  # the trained model (LoRA merged) + tokenizer
+        result["model_dir"] = module.save_pretrained_model(out_dir / "model", tokenizer)
+    result["wall_s"] = time.perf_counter() - t0
     if cfg.report.print_summary and trainer.is_global_zero:
         _print_summary(cfg, pool, result)
     return result
@@ -100,7 +117,7 @@ def _print_summary(cfg: DictConfig, pool: Any, r: dict[str, Any]) -> None:
     """The per-round table and the outputs: to stdout, and under Hydra to ``<run dir>/train.log`` too."""
     from lead_lightning.report import format_summary
 
-    method = cfg.selection.method.value
+    method = r["method"]
     lines = [
         f"\nlead-train [{cfg.run_name}]: selection={method}, pool {len(pool)} examples, "
         f"{pool.num_clusters} clusters: {r['cluster_names']}",

@@ -39,7 +39,7 @@ def _play(policy: BanditPolicy, rounds: int, seed: int, mask: torch.Tensor | Non
 
 
 def test_registry_names_and_protocol():
-    assert NAMES == ["exp3", "exp3s", "thompson", "ucb", "uniform"]
+    assert NAMES == ["exp3", "exp3s", "hedge", "thompson", "ucb", "uniform"]
     for name, cls in BANDITS.items():
         assert cls.name == name
         assert isinstance(cls(K), BanditPolicy)
@@ -293,7 +293,7 @@ def test_make_bandit():
     assert type(policy) is EXP3S and (policy.num_arms, policy.gamma, policy.alpha) == (7, 0.2, 0.05)
     ucb = UCB1(3)
     assert make_bandit(ucb, 3) is ucb
-    msg = r"`bandit` must be one of \['exp3', 'exp3s', 'thompson', 'ucb', 'uniform'\], got 'foo'\."
+    msg = r"`bandit` must be one of \['exp3', 'exp3s', 'hedge', 'thompson', 'ucb', 'uniform'\], got 'foo'\."
     with pytest.raises(ValueError, match=msg):
         make_bandit("foo", 3)
     with pytest.raises(ValueError, match=r"The given bandit has `num_arms`=3, expected `num_arms`=4\."):

@@ -61,7 +61,7 @@ def test_ddp_mid_round_resume_matches_uninterrupted_run(tmp_path):
         # rank 0's checkpoint holds both ranks' records of the unfinished round
         assert len(state["consumed"]) == 2 and all(c > 0 for c in state["consumed"])
         assert len(state["carried"]["ids"]) == sum(state["consumed"])
-        ckpts.append((ckpt, sum(state["consumed"]) >= len(state["selector"]["subset"])))
+        ckpts.append((ckpt, sum(state["consumed"]) >= len(state["selection"]["subset"])))
     assert {done for _, done in ckpts} == {False, True}, "need a partial and a finished round"
     for i, (ckpt, _) in enumerate(ckpts):
         resumed = _launch(tmp_path / f"resume{i}", "resume", str(ckpt))

@@ -124,6 +124,6 @@ def test_cluster_table_sums_match_history(tmp_path):  # noqa: ANN001
     assert all(math.isfinite(r[col["idu_mean"]]) for r in rows)
 
 
-def test_report_needs_a_history():
-    with pytest.raises(TypeError, match="history"):
+def test_report_needs_a_selection_callback():
+    with pytest.raises(TypeError, match="must be a `RoundSelectionCallback`"):
         LeadReportCallback(object())  # type: ignore[arg-type]

@@ -87,8 +87,16 @@ def test_every_group_has_the_promised_options():
     assert options("peft") == ["lora", "none"]
     assert options("data") == ["generated", "gsm8k", "jsonl"]
     assert options("clustering") == ["embedding_kmeans", "ifd_kmeans", "label"]
-    assert options("bandit") == ["exp3", "exp3s", "thompson", "ucb", "uniform"]
-    assert options("selection") == ["full", "lead", "random", "random_within", "static_ifd"]
+    assert options("bandit") == ["exp3", "exp3s", "hedge", "thompson", "ucb", "uniform"]
+    assert options("selection") == [
+        "full",
+        "iterative_reinference",
+        "lead",
+        "random",
+        "random_within",
+        "static_ifd",
+        "static_loss",
+    ]
     assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
     assert options("logger") == ["csv", "none", "wandb"]
     assert options("experiment") == ["gsm8k_cpu", "paper_llama8b"]
@@ -117,7 +125,9 @@ def test_each_option_composes_and_instantiates(group, option, local_checkpoint, 
             train_records=records.train[:20], tokenizer=tok, val_records=records.val
         )
         assert dm.batch_size >= 1
-    bandit = instantiate(cfg.bandit)(num_arms=3)
+    from lead_lightning.bandits import make_bandit
+
+    bandit = make_bandit(cfg.bandit.name, 3, **cfg.bandit.kwargs)
     assert float(bandit.probabilities().sum()) == pytest.approx(1.0)
     labels = instantiate(cfg.clustering.fn)
     assert callable(labels)
@@ -126,15 +136,20 @@ def test_each_option_composes_and_instantiates(group, option, local_checkpoint, 
         assert trainer.max_epochs == cfg.rounds
     for lg in (cfg.logger or {}).values():
         assert instantiate(lg).save_dir == str(tmp_path)
-    assert cfg.selection.method.value in ("lead", "full", "random", "static_ifd")
+    selection = instantiate(cfg.selection)  # a validated selection config (lead_lightning.config)
+    assert selection.seed == cfg.seed and selection.max_rounds == cfg.rounds and callable(selection.build)
 
 
 @pytest.mark.parametrize("selection", options("selection"))
 @pytest.mark.parametrize("bandit", options("bandit"))
 def test_selection_bandit_combinations_compose(selection, bandit):  # noqa: ANN001
+    from lead_lightning.config import LeadConfig
+
     cfg = make_cfg([f"selection={selection}", f"bandit={bandit}"])
-    assert cfg.selection.within_cluster.value == ("random" if selection == "random_within" else "idu")
-    assert cfg.bandit._target_.startswith("lead_lightning.bandits.")
+    sel = instantiate(cfg.selection)
+    if isinstance(sel, LeadConfig):
+        assert sel.within_cluster == ("random" if selection == "random_within" else "idu")
+        assert sel.bandit == bandit and sel.bandit_kwargs == dict(cfg.bandit.kwargs)
 
 
 def test_experiments_hold_their_settings(local_checkpoint, pool_jsonl):  # noqa: ANN001
@@ -165,7 +180,14 @@ def test_experiments_hold_their_settings(local_checkpoint, pool_jsonl):  # noqa:
     s = paper.selection
     assert (s.budget, s.sample_rate, s.max_uses, s.history_weight) == (15000, 0.015, 4, 0.1)
     assert isinstance(s.budget, int)  # a count, not a fraction
-    assert (paper.clustering.fn.k, paper.bandit.gamma, paper.trainer.accelerator) == (7, 0.1, "gpu")
+    assert (paper.clustering.fn.k, paper.bandit.kwargs.gamma, paper.trainer.accelerator) == (7, 0.1, "gpu")
+    lead = instantiate(paper.selection)
+    assert (lead.budget, lead.bandit, lead.bandit_kwargs, lead.max_rounds) == (
+        15000,
+        "exp3",
+        {"gamma": 0.1},
+        20,
+    )
     gsm = make_cfg(["experiment=gsm8k_cpu"])
     assert gsm.data.records._target_.endswith("gsm8k_split") and gsm.trainer.accelerator == "cpu"
 
@@ -174,27 +196,36 @@ def test_experiments_hold_their_settings(local_checkpoint, pool_jsonl):  # noqa:
     "override",
     [
         "selection.budgte=0.1",
+        "+selection.budgt=0.1",
         "selection.reward=idu",
         "selection.budget=abc",
         "selection.method=best",
+        "selection=random selection.max_uses=2",
+        "bandit.kwargs.gama=0.2",
         "rounds=many",
         "clustering.input=tfidf",
         "bandit=exp4",
     ],
 )
 def test_typos_and_bad_values_are_errors(override):  # noqa: ANN001
-    with pytest.raises((ConfigCompositionException, ValidationError)):
-        make_cfg([override])
+    """At composition (typed schema) or when the selection config is built, before any data work."""
+    from hydra.errors import InstantiationException
+
+    with pytest.raises((ConfigCompositionException, ValidationError, InstantiationException)):
+        cfg = make_cfg(override.split())
+        instantiate(cfg.selection)
 
 
 def test_a_typo_in_a_config_file_is_an_error():
     """What an experiment file's misspelt key meets when it is merged into the schema."""
     from omegaconf import OmegaConf
 
-    from lead_lightning.app.schema import TrainConfig
+    from lead_lightning.app.schema import TrainConfig, selection_nodes
 
     with pytest.raises(Exception, match="sampel_rate"):
-        OmegaConf.merge(OmegaConf.structured(TrainConfig), {"selection": {"sampel_rate": 0.1}})
+        OmegaConf.merge(OmegaConf.structured(selection_nodes()["lead_schema"]), {"sampel_rate": 0.1})
+    with pytest.raises(Exception, match="rouns"):
+        OmegaConf.merge(OmegaConf.structured(TrainConfig), {"rouns": 3})
 
 
 def test_missing_checkpoint_path_is_reported():
@@ -271,7 +302,9 @@ def test_train_default_tiny_writes_metrics_plots_and_summary(tmp_path, capsys): 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("selection", ["full", "random", "static_ifd"])
+@pytest.mark.parametrize(
+    "selection", ["full", "random", "static_ifd", "static_loss", "iterative_reinference"]
+)
 def test_baselines_train_the_same_rounds(selection, tmp_path):  # noqa: ANN001
     from lead_lightning.train import train
 
@@ -398,8 +431,8 @@ def test_wandb_offline_run_holds_round_keys_and_config(tmp_path, monkeypatch):  
     assert "val/loss" in summary
 
     config = run["config"]  # the full resolved config, plus the overrides
-    assert config["selection"]["sample_rate"] == 0.1 and config["selection"]["method"] == "lead"
-    assert config["bandit"]["_target_"] == "lead_lightning.bandits.Uniform"
+    assert config["selection"]["sample_rate"] == 0.1 and config["selection"]["bandit"] == "uniform"
+    assert config["selection"]["_target_"] == "lead_lightning.config.LeadConfig"
     assert "bandit=uniform" in config["overrides"] and config["pool_size"] == 240
     assert (tmp_path / "csv" / "metrics.csv").exists()  # the W&B option keeps the CSV too
 

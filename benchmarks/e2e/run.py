@@ -11,8 +11,7 @@ base (same model, optimiser, rounds and examples per round), cached as JSON in
 ``cache/runs/<key>/``; (4) ``results.md`` (mean ± std over seeds) and ``plots/*.png``.
 
 Selection methods are built by the Hydra app (``conf/selection``, ``conf/bandit``, composed the way
-``lead-train`` composes them, then :func:`lead_lightning.app.builders.build_selection`), except
-``static_loss`` and ``iterative_reinference`` which live here.
+``lead-train`` composes them, then :func:`lead_lightning.app.builders.build_selection`).
 """
 
 from __future__ import annotations
@@ -33,13 +32,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lead_lightning.app.baselines import BaselineSelectionCallback
 from lead_lightning.app.builders import build_selection, pool_bpe_tokenizer
 from lead_lightning.data import InstructionDataModule, InstructionRecord, generate_pool, read_gsm8k
 from lead_lightning.data.templates import get_template
 from lead_lightning.models import CausalLMModule, load_causal_lm, load_tokenizer, tiny_causal_lm
-from lead_lightning.pool import PoolIndex
-from lead_lightning.sampler import RoundSampler
 from lead_lightning.scoring import build_pool_index, cluster_ifd, cluster_labels, score_pool
 
 HERE = Path(__file__).resolve().parent
@@ -66,6 +62,8 @@ APP = {
     "lead_uniform": ("lead", "uniform"),
     "lead_random_within": ("random_within", "exp3"),
     "lead_ifd_kmeans": ("lead", "exp3"),
+    "static_loss": ("static_loss", "exp3"),
+    "iterative_reinference": ("iterative_reinference", "exp3"),
 }
 USES_OFFLINE_SCORES = {
     "static_ifd",
@@ -288,86 +286,6 @@ def compose_app(selection: str, bandit: str, overrides: list[str]) -> Any:
     return cfg
 
 
-# ----------------------------------------------------------------------------- selectors defined here
-class IterativeReinference(Callback):
-    """Every round: re-score the WHOLE pool's response loss with the current model, train the top-k.
-
-    Examples already trained ``max_uses`` times are skipped. Counts pool forward passes and the
-    re-scoring time (``rescore_s``), which is this method's "scoring" cost.
-    """
-
-    def __init__(
-        self, pool: PoolIndex, dm: InstructionDataModule, per_round: int, rounds: int, max_uses: int = 4
-    ) -> None:
-        super().__init__()
-        self.pool, self.dm, self.per_round, self.max_uses, self.rounds = pool, dm, per_round, max_uses, rounds
-        self.sampler = RoundSampler(self.current_subset)
-        self.uses = torch.zeros(len(pool), dtype=torch.long)
-        self.round, self.history = 0, []
-        self.forward_passes, self.rescore_s = 0, 0.0
-        self._module: pl.LightningModule | None = None
-        self._selected: dict[int, torch.Tensor] = {}
-        self.stop_reason = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._module = pl_module
-        self.dm.set_train_sampler(self.sampler)
-
-    @torch.no_grad()
-    def _rescore(self) -> torch.Tensor:
-        t0 = time.perf_counter()
-        module = self._module
-        was_training = module.training
-        module.eval()
-        losses = torch.full((len(self.pool),), math.nan)
-        loader = torch.utils.data.DataLoader(
-            self.dm.train_dataset, batch_size=64, collate_fn=self.dm.collator
-        )
-        for batch in loader:
-            losses[batch["ids"]] = module(batch).per_example_loss.float()
-            self.forward_passes += int(batch["ids"].numel())
-        module.train(was_training)
-        self.rescore_s += time.perf_counter() - t0
-        return losses
-
-    def current_subset(self) -> torch.Tensor:
-        if self.round >= self.rounds and self._selected:  # the loop asks once more after the last round
-            return self._selected[max(self._selected)]
-        if self.round not in self._selected:
-            loss = self._rescore().nan_to_num(nan=-math.inf)
-            loss[self.uses >= self.max_uses] = -math.inf
-            self._selected[self.round] = torch.sort(loss, descending=True, stable=True).indices[
-                : self.per_round
-            ]
-        return self._selected[self.round]
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        ids = self.current_subset()
-        self.uses[ids] += 1
-        self.history.append(
-            {
-                "round": self.round,
-                "n_selected": int(ids.numel()),
-                "selected_per_cluster": torch.bincount(
-                    self.pool.clusters[ids], minlength=self.pool.num_clusters
-                ).tolist(),
-                "unique_seen": int((self.uses > 0).sum()),
-            }
-        )
-        self.round += 1
-
-
-def static_loss_callback(
-    pool: PoolIndex, budget: int, per_round: int, seed: int
-) -> BaselineSelectionCallback:
-    """Static top-loss (PPL) selection: the ``budget`` examples with the highest base-model loss (iu0)."""
-    cb = BaselineSelectionCallback(pool, "random", budget=budget, per_round=per_round, seed=seed)
-    iu0 = pool.iu0.double().nan_to_num(nan=-math.inf)
-    cb.subset = torch.sort(iu0, descending=True, stable=True).indices[:budget].sort().values
-    cb.method = "static_loss"
-    return cb
-
-
 class Timed:
     """Accumulates the time spent in a callback's selection hooks (the selection cost)."""
 
@@ -377,6 +295,7 @@ class Timed:
         "on_train_batch_end",
         "on_train_epoch_end",
         "on_train_start",
+        "on_fit_start",
     )
 
     def __init__(self, cb: Any) -> None:
@@ -524,13 +443,9 @@ def run_one(
         )
         from hydra.utils import instantiate
 
-        selection = build_selection(cfg.selection, pool, instantiate(cfg.bandit), rounds, seed)
+        selection = build_selection(instantiate(cfg.selection), pool)
         lr = float(cfg.model.module.lr)
         module = make_module(base, s, lr)
-    elif method == "static_loss":
-        selection = static_loss_callback(pool, budget, per_round, seed)
-    elif method == "iterative_reinference":
-        selection = IterativeReinference(pool, dm, per_round, rounds)
     else:
         raise ValueError(f"unknown method {method!r}; known: {METHODS}")
     timer = Timed(selection)
@@ -563,7 +478,7 @@ def run_one(
     fit_s = time.perf_counter() - t0
     acc = gsm8k_accuracy(module.model, tok, data["eval_gsm8k"][: s["n_acc"]], s["acc_tokens"])
 
-    rescore_s = getattr(selection, "rescore_s", 0.0)
+    rescore_s = sum(float(h.get("rescore_s", 0.0)) for h in selection.history)
     selection_s = timer.s - rescore_s
     offline = scoring_s if method in USES_OFFLINE_SCORES else 0.0
     pool_fwd = (2 * n if method in USES_OFFLINE_SCORES else 0) + getattr(selection, "forward_passes", 0)

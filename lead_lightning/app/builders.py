@@ -5,19 +5,15 @@ The pool index (the offline stage) is built by :mod:`lead_lightning.app.offline`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from omegaconf import DictConfig
 
-from lead_lightning.app.baselines import BaselineSelectionCallback
 from lead_lightning.app.data import Split
-from lead_lightning.app.schema import SelectionMethod
-from lead_lightning.callback import LeadSelectionCallback
+from lead_lightning.base import RoundSelectionCallback
 from lead_lightning.data import InstructionDataModule, InstructionRecord
 from lead_lightning.models import load_causal_lm, load_tokenizer, train_bpe_tokenizer
 from lead_lightning.pool import PoolIndex
@@ -28,7 +24,6 @@ __all__ = [
     "local_causal_lm",
     "local_tokenizer",
     "pool_bpe_tokenizer",
-    "round_size",
 ]
 
 
@@ -71,45 +66,10 @@ def build_datamodule(
     return dm, records
 
 
-def round_size(pool: PoolIndex, sample_rate: float | int, arms_per_round: int) -> int:
-    """Examples LEAD draws per round on average over clusters (the baselines' per-round count)."""
-    if isinstance(sample_rate, int):
-        return sample_rate
-    per_cluster = []
-    for k in range(pool.num_clusters):
-        sizes = torch.bincount(pool.groups[pool.clusters == k])
-        per_cluster.append(sum(math.ceil(sample_rate * int(s)) for s in sizes if s > 0))
-    return max(1, round(arms_per_round * sum(per_cluster) / len(per_cluster)))
-
-
-def build_selection(
-    cfg: DictConfig, pool: PoolIndex, make_bandit: Callable[..., Any], rounds: int, seed: int
-) -> LeadSelectionCallback | BaselineSelectionCallback:
-    """The LEAD callback, or the baseline callback for ``selection.method`` full / random / static_ifd."""
-    method = SelectionMethod(cfg.method)
-    budget, sample_rate = cfg.budget, cfg.sample_rate
-    if method != SelectionMethod.lead:
-        return BaselineSelectionCallback(
-            pool,
-            method.value,
-            budget=budget,
-            per_round=round_size(pool, sample_rate, cfg.arms_per_round),
-            seed=seed,
+def build_selection(config: Any, pool: PoolIndex) -> RoundSelectionCallback:
+    """The selection callback of an instantiated ``selection=`` config (``LeadConfig`` or a baseline's)."""
+    if not hasattr(config, "build"):
+        raise TypeError(
+            f"`selection` must instantiate a selection config (lead_lightning.config), got {type(config).__name__}."
         )
-    return LeadSelectionCallback(
-        pool,
-        budget=budget,
-        sample_rate=sample_rate,
-        bandit=make_bandit(num_arms=pool.num_clusters),
-        arms_per_round=cfg.arms_per_round,
-        max_uses=cfg.max_uses,
-        history_weight=cfg.history_weight,
-        reward=cfg.reward.value,
-        within_cluster=cfg.within_cluster.value,
-        max_rounds=rounds,
-        stop_on_budget=cfg.stop_on_budget,
-        cluster_history=cfg.cluster_history.value,
-        sketch_dim=cfg.sketch_dim,
-        seed=seed,
-        shuffle=cfg.shuffle,
-    )
+    return config.build(pool)  # type: ignore[no-any-return]

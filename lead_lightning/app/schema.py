@@ -4,15 +4,17 @@
 a misspelt key in an experiment file or an override, or a value of the wrong type (``selection.budget=abc``,
 ``selection.reward=idu``), is an error at composition time instead of being silently ignored.
 Groups whose options hold ``_target_`` objects with different arguments (``trainer``, ``logger``,
-``bandit``, ``peft``) are typed ``Any``; their keys are still checked, by the target's signature.
+``peft``) are typed ``Any``; their keys are still checked, by the target's signature. Each
+``selection=`` option has its own schema: its method's config dataclass (:mod:`lead_lightning.config`,
+the single source of the settings) plus ``_target_``, registered as ``selection/<name>_schema``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
@@ -22,8 +24,8 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "PoolConfig",
-    "SelectionConfig",
-    "SelectionMethod",
+    "BanditConfig",
+    "selection_nodes",
     "TrainConfig",
     "register_configs",
 ]
@@ -32,53 +34,49 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 """The package's ``conf/`` directory (installed with the code, editable or not)."""
 
 
-class SelectionMethod(str, Enum):
-    """``lead``: the LEAD callback; the rest are baselines trained for the same rounds and steps."""
-
-    lead = "lead"
-    full = "full"
-    random = "random"
-    static_ifd = "static_ifd"
-
-
-class Reward(str, Enum):
-    idu_drop = "idu_drop"
-    loss_drop = "loss_drop"
-    val_loss_drop = "val_loss_drop"
-
-
-class WithinCluster(str, Enum):
-    idu = "idu"
-    random = "random"
-
-
-class ClusterHistory(str, Enum):
-    last = "last"
-    first = "first"
-
-
 class ClusterInput(str, Enum):
     ifd = "ifd"
     embedding = "embedding"
     group = "group"
 
 
-@dataclass
-class SelectionConfig:
-    """Arguments of :class:`~lead_lightning.LeadSelectionCallback` plus the baseline switch."""
+def _selection_node(cls: type, wiring: dict[str, str]) -> type:
+    """``cls`` as the Hydra schema of a ``selection=`` option: plus ``_target_`` and app wiring defaults.
 
-    method: SelectionMethod = SelectionMethod.lead
-    budget: Union[int, float] = 0.025  # noqa: UP007 - OmegaConf needs typing.Union
-    sample_rate: Union[int, float] = 0.015  # noqa: UP007
-    max_uses: int = 4
-    history_weight: float = 0.1
-    arms_per_round: int = 1
-    reward: Reward = Reward.idu_drop
-    within_cluster: WithinCluster = WithinCluster.idu
-    stop_on_budget: bool = False
-    cluster_history: ClusterHistory = ClusterHistory.last
-    sketch_dim: int = 4096
-    shuffle: bool = True
+    ``wiring`` gives interpolations of the top-level config (``seed: ${seed}``, the horizon
+    ``max_rounds: ${rounds}``, the ``bandit`` group), so the option's YAML holds only what a run changes.
+    """
+    extra: list[tuple[str, Any, Any]] = [
+        ("_target_", str, field(default=f"{cls.__module__}.{cls.__name__}")),
+        ("_convert_", str, field(default="all")),
+    ]
+    for name, value in wiring.items():
+        extra.append((name, Any, field(default=value)))
+    return make_dataclass(f"{cls.__name__}Node", extra, bases=(cls,))
+
+
+def selection_nodes() -> dict[str, type]:
+    """Schema name -> schema of every ``selection=`` option (registered by :func:`register_configs`)."""
+    from lead_lightning import config as c
+
+    base = {"seed": "${seed}", "max_rounds": "${rounds}"}
+    lead = {**base, "bandit": "${bandit.name}", "bandit_kwargs": "${bandit.kwargs}"}
+    return {
+        "lead_schema": _selection_node(c.LeadConfig, lead),
+        "full_schema": _selection_node(c.FullConfig, base),
+        "random_schema": _selection_node(c.RandomConfig, base),
+        "static_ifd_schema": _selection_node(c.StaticIFDConfig, base),
+        "static_loss_schema": _selection_node(c.StaticLossConfig, base),
+        "iterative_reinference_schema": _selection_node(c.IterativeReinferenceConfig, base),
+    }
+
+
+@dataclass
+class BanditConfig:
+    """The bandit LEAD's node reads (``selection.bandit: ${bandit.name}``): a registry name and its options."""
+
+    name: str = "exp3"
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,6 +127,7 @@ class ReportConfig:
     plots: bool = True
     wandb_media: bool = True
     print_summary: bool = True
+    val_groups: bool = True  # val/loss/<group> and val/loss_macro when the held-out set has >= 2 groups
 
 
 @dataclass
@@ -139,8 +138,9 @@ class TrainConfig:
     run_name: Optional[str] = None  # noqa: UP045
     tags: list[str] = field(default_factory=list)
     seed: int = 42
-    rounds: int = 8
+    rounds: int = 20
     validate_before: bool = True
+    save_model: bool = False  # write the trained model (LoRA merged) + tokenizer to <output_dir>/model
     paths: PathsConfig = field(default_factory=PathsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -148,8 +148,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
-    bandit: Any = MISSING
-    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    bandit: BanditConfig = field(default_factory=BanditConfig)
+    selection: Any = MISSING  # an option of the selection group (its own schema: selection_nodes())
     trainer: Any = MISSING
     logger: Any = None
 
@@ -163,3 +163,5 @@ def register_configs() -> None:
     register_resolvers()  # `${lead.run_id:}` in the run and sweep directories
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    for name, node in selection_nodes().items():
+        cs.store(group="selection", name=name, node=node)
