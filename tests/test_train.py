@@ -477,6 +477,21 @@ def test_multirun_2x2_gives_each_run_its_own_outputs(tmp_path):  # noqa: ANN001
     assert len(seen) == 4 and len(names) == 4
     assert not (tmp_path / "outputs").exists()  # nothing ran outside the sweep directory
 
+    # the sweep ends with a comparison of its jobs, written and printed
+    table = (sweep / "comparison.md").read_text()
+    assert "Sweep comparison" in proc.stdout and "| job | overrides | val loss |" in proc.stdout
+    with (sweep / "comparison.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]
+    losses = [float(r["val_loss"]) for r in rows]
+    assert losses == sorted(losses)  # best first
+    for r in rows:
+        assert r["overrides"] in table
+        evals = json.loads((sweep / r["job"] / "history.json").read_text())["evals"]
+        assert float(r["val_loss"]) == pytest.approx(evals[-1]["val_loss"])  # the job's final val loss
+        assert int(r["rounds"]) == 2 and int(r["example_steps"]) > 0 and float(r["wall_s"]) > 0
+    assert (sweep / "eval_curves.png").stat().st_size > 0
+
 
 @pytest.mark.slow
 @pytest.mark.ddp
