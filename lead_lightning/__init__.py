@@ -4,9 +4,10 @@ Every public name is loaded on first use (PEP 562), so ``import lead_lightning``
 paths of ``lead-train``: ``--help``, a config error) import neither torch nor lightning.
 
 Example:
-    >>> from lead_lightning import LeadSelectionCallback, PoolIndex
+    >>> from lead_lightning import LeadConfig, LeadSelectionCallback, PoolIndex, RandomSelection
     >>> pool = PoolIndex(clusters=[0, 0, 1, 1], iu0=[1.0, 2.0, 3.0, 4.0])
-    >>> cb = LeadSelectionCallback(pool, budget=1.0, sample_rate=0.5, seed=0)
+    >>> cb = LeadSelectionCallback(pool, LeadConfig(budget=1.0, sample_rate=0.5, seed=0))
+    >>> baseline = RandomSelection(pool, budget=1.0, sample_rate=0.5, seed=0)  # the same contract
 """
 
 from __future__ import annotations
@@ -118,7 +119,16 @@ if TYPE_CHECKING:  # what mypy and IDEs see; at run time `__getattr__` below loa
         Uniform,
         make_bandit,
     )
+    from lead_lightning.base import RoundSelectionCallback, RoundSummary
+    from lead_lightning.baselines import (
+        FullSelection,
+        IterativeReinference,
+        RandomSelection,
+        StaticIFDSelection,
+        StaticLossSelection,
+    )
     from lead_lightning.callback import LeadSelectionCallback
+    from lead_lightning.config import LeadConfig
     from lead_lightning.data import (
         InstructionCollator,
         InstructionDataModule,
