@@ -274,6 +274,39 @@ class LeadConfig(_Config):
 
     _callback: ClassVar[str] = "lead_lightning.callback:LeadSelectionCallback"
 
+    @classmethod
+    def paper(cls, **overrides: Any) -> LeadConfig:
+        """The published LEAD's selection settings (``lead-train preset=paper``), exactly.
+
+        One arm per round, EXP3 with ``gamma=0.1`` and learning rate ``gamma / K``, top-IDU per group,
+        IDU-drop reward normalised by all past rewards, ``h=0.1``, ``max_uses=4``, a 2.5% budget,
+        ``sample_rate=0.015``, 20 rounds. Clustering (K=7 k-means of IFD) is the offline stage's.
+
+        Example:
+            >>> LeadConfig.paper().allocation, LeadConfig.paper(seed=1).max_rounds
+            ('single', 20)
+        """
+        paper = {
+            "budget": 0.025,
+            "sample_rate": 0.015,
+            "bandit": "exp3",
+            "bandit_kwargs": {"gamma": 0.1},
+            "arms_per_round": 1,
+            "max_uses": 4,
+            "history_weight": 0.1,
+            "reward": "idu_drop",
+            "within_cluster": "idu",
+            "max_rounds": 20,
+            "cluster_history": "last",
+            "seed": 42,
+            "allocation": "single",
+            "bandit_eta": None,
+            "reward_norm": "history",
+            "pacing": False,
+            "learnability": False,
+        }
+        return cls(**{**paper, **overrides})
+
     def __post_init__(self) -> None:
         _check_fraction_or_count("budget", self.budget)
         _check_sample_rate(self.sample_rate)

@@ -22,7 +22,18 @@ from omegaconf.errors import ValidationError
 from lead_lightning.app import CONF_DIR, register_configs
 
 REPO = Path(__file__).resolve().parents[1]
-GROUPS = ["model", "peft", "data", "clustering", "bandit", "selection", "trainer", "logger", "experiment"]
+GROUPS = [
+    "model",
+    "peft",
+    "data",
+    "clustering",
+    "bandit",
+    "selection",
+    "trainer",
+    "logger",
+    "experiment",
+    "preset",
+]
 TINY = [
     "data.records.pool_size=240",
     "data.records.val_size=32",
