@@ -61,6 +61,9 @@ class Spy(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):  # noqa: ANN001
         self.rounds[-1]["hash"] = state_hash(self.lead)
+        self.rounds[-1]["clusters"] = sorted(
+            {int(c) for c in self.lead.pool.clusters[self.rounds[-1]["subset"]]}
+        )
         self.rounds[-1]["uses_sum"] = int(self.lead.state.uses.sum())
 
 
@@ -68,7 +71,20 @@ def main(out: Path, mode: str = "agree", ckpt: str | None = None) -> None:
     """`agree`: 5 rounds, report per round. `save`: also write step checkpoints. `resume`: from `ckpt`."""
     pl.seed_everything(0)
     ds = ToyDataset(n=200)
-    cb = LeadSelectionCallback(ds.pool(), budget=0.6, sample_rate=13, seed=11)
+    settings = {"budget": 0.6, "sample_rate": 13, "seed": 11}
+    if os.environ.get("LEAD_DDP_SETTING") == "options":  # every method option beyond the paper at once
+        settings |= {
+            "allocation": "proportional",
+            "bandit": "hedge",
+            "bandit_eta": "horizon",
+            "reward": "first_visit_gain",
+            "reward_norm": "round",
+            "reward_smoothing": 0.5,
+            "pacing": True,
+            "learnability": True,
+            "max_rounds": 5,
+        }
+    cb = LeadSelectionCallback(ds.pool(), **settings)
     spy = Spy(cb)
     callbacks: list[pl.Callback] = [cb, spy]
     if mode == "save":

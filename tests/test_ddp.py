@@ -15,9 +15,14 @@ import torch
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
 
-def _launch(out: Path, *args: str) -> list[dict]:
+def _launch(out: Path, *args: str, setting: str = "paper") -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MASTER_PORT": str(_free_port())}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "MASTER_PORT": str(_free_port()),
+        "LEAD_DDP_SETTING": setting,
+    }
     script = Path(__file__).with_name("ddp_script.py")
     proc = subprocess.run(
         [sys.executable, str(script), str(out), *args], env=env, capture_output=True, text=True, timeout=300
@@ -32,8 +37,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_ddp_ranks_agree_and_updates_land_once(tmp_path):
-    ranks = _launch(tmp_path)
+@pytest.mark.parametrize("setting", ["paper", "options"])
+def test_ddp_ranks_agree_and_updates_land_once(tmp_path, setting):  # noqa: ANN001
+    ranks = _launch(tmp_path, setting=setting)
     r0, r1 = ranks[0]["rounds"], ranks[1]["rounds"]
     assert len(r0) == len(r1) == 5
     uses = 0
@@ -48,6 +54,8 @@ def test_ddp_ranks_agree_and_updates_land_once(tmp_path):
     assert any(len(a["trained"] + b["trained"]) > len(a["subset"]) for a, b in zip(r0, r1, strict=False)), (
         "the test needs a round with an odd subset so the sampler pads"
     )
+    if setting == "options":  # proportional allocation: every cluster trained in every round
+        assert all(len(set(a["clusters"])) == 4 for a in r0)
 
 
 def test_ddp_mid_round_resume_matches_uninterrupted_run(tmp_path):
