@@ -274,3 +274,43 @@ def test_state_key_pickle_and_weights_only_state(tmp_path):
     bigger = LeadSelectionCallback(PoolIndex(clusters=torch.arange(41) % 4, iu0=torch.ones(41)), seed=7)
     with pytest.raises(ValueError, match="another pool"):
         bigger.load_state_dict(state)
+
+
+class _SchedModule(ToyModule):
+    """SGD with a step-interval scheduler that halves the rate after every step."""
+
+    def configure_optimizers(self):  # noqa: ANN201
+        opt = torch.optim.SGD(self.parameters(), lr=0.08)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def optimizer_step(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        self.step_lrs = getattr(self, "step_lrs", [])
+        self.step_lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])  # the rate this step uses
+        return super().optimizer_step(*args, **kwargs)
+
+
+def test_recorded_lr_is_the_rate_the_step_trained_with(tmp_path):
+    """Defect (a): Lightning steps a step-interval scheduler before `on_train_batch_end`."""
+    ds = ToyDataset(n=40)
+    cb = LeadSelectionCallback(ds.pool(), budget=1.0, sample_rate=1.0, seed=0, shuffle=False)
+    seen: list[float] = []
+    original = cb._buffer.record
+
+    def spy(ids, losses, lr):  # noqa: ANN001, ANN202
+        seen.append(float(lr))
+        return original(ids, losses, lr)
+
+    cb._buffer.record = spy  # type: ignore[method-assign]
+    module = _SchedModule()
+    make_trainer(tmp_path, [cb], max_epochs=1).fit(module, ToyDataModule(ds, batch_size=4))
+    assert len(seen) == 3 and seen == module.step_lrs == [0.08, 0.04, 0.02]
+
+
+def test_float_ids_are_an_error(tmp_path):
+    """Defect (b): float32 ids above 2**24 would update the wrong examples, so any float id is refused."""
+    ds = ToyDataset(n=40)
+    cb = LeadSelectionCallback(ds.pool(), budget=1.0, sample_rate=0.5, seed=0)
+    cb._extract = lambda outputs, batch: (batch["ids"].float(), outputs["per_example_loss"])  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="Batch ids must be an integer tensor"):
+        make_trainer(tmp_path, [cb], max_epochs=1).fit(ToyModule(), ToyDataModule(ds))
