@@ -128,11 +128,33 @@ def _print_summary(cfg: DictConfig, pool: Any, r: dict[str, Any]) -> None:
     echo(log, "\n".join(lines))
 
 
+def _compare(cfg: DictConfig) -> bool:
+    from lead_lightning.app.compare import should_compare
+
+    return should_compare(cfg) and not is_relaunched_rank()
+
+
+def _run_baseline(cfg: DictConfig, lead: dict[str, Any]) -> None:
+    """``compare_with``: train the baseline on the same data and budget, print both results and the winner."""
+    from hydra.utils import instantiate
+
+    from lead_lightning.app.compare import baseline_config, format_comparison
+
+    name = str(cfg.compare_with)
+    out = Path(cfg.paths.output_dir) / f"baseline_{name}"
+    echo(log, f"\ncompare_with={name}: training the {name} baseline on the same data and budget in {out}")
+    base = train(baseline_config(cfg, instantiate(cfg.selection), out))
+    echo(log, "\n" + format_comparison(lead, base, name))
+
+
 def _hydra_task(cfg: DictConfig) -> float:
     import torch
 
     try:
-        return train(cfg)["val_loss"]
+        result = train(cfg)
+        if _compare(cfg):
+            _run_baseline(cfg, result)
+        return result["val_loss"]
     finally:
         # A gloo/NCCL group left to interpreter shutdown can abort the process after the work is done.
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -140,6 +140,7 @@ class TrainConfig:
     seed: int = 42
     rounds: int = 20
     validate_before: bool = True
+    compare_with: Optional[str] = None  # noqa: UP045 - single LEAD runs: also train this baseline (random | full)
     save_model: bool = False  # write the trained model (LoRA merged) + tokenizer to <output_dir>/model
     paths: PathsConfig = field(default_factory=PathsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
