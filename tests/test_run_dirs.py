@@ -34,6 +34,7 @@ TINY = [
     "model.net.hidden_size=32",
     "trainer.enable_progress_bar=false",
     "report.plots=false",
+    "compare_with=null",  # one training per run: these tests are about directories and logs
 ]
 RANK_ENV = ("LOCAL_RANK", "NODE_RANK", "RANK")
 
