@@ -88,3 +88,18 @@ def make_trainer(tmp_path, callbacks, max_epochs: int = 4, **kw: Any) -> pl.Trai
         enable_model_summary=False,
         **kw,
     )
+
+
+def all_method_options(rounds: int) -> dict[str, Any]:
+    """Every LEAD option beyond the paper at once (resume and DDP tests run them together)."""
+    return {
+        "allocation": "proportional",
+        "bandit": "hedge",
+        "bandit_eta": "horizon",
+        "reward": "first_visit_gain",
+        "reward_norm": "round",
+        "reward_smoothing": 0.5,
+        "pacing": True,
+        "learnability": True,
+        "max_rounds": rounds,
+    }

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _toy import ToyDataModule, ToyDataset, ToyModule  # noqa: E402
+from _toy import ToyDataModule, ToyDataset, ToyModule, all_method_options  # noqa: E402
 
 from lead_lightning import LeadSelectionCallback  # noqa: E402
 
@@ -73,17 +73,7 @@ def main(out: Path, mode: str = "agree", ckpt: str | None = None) -> None:
     ds = ToyDataset(n=200)
     settings = {"budget": 0.6, "sample_rate": 13, "seed": 11}
     if os.environ.get("LEAD_DDP_SETTING") == "options":  # every method option beyond the paper at once
-        settings |= {
-            "allocation": "proportional",
-            "bandit": "hedge",
-            "bandit_eta": "horizon",
-            "reward": "first_visit_gain",
-            "reward_norm": "round",
-            "reward_smoothing": 0.5,
-            "pacing": True,
-            "learnability": True,
-            "max_rounds": 5,
-        }
+        settings |= all_method_options(5)
     cb = LeadSelectionCallback(ds.pool(), **settings)
     spy = Spy(cb)
     callbacks: list[pl.Callback] = [cb, spy]

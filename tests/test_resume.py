@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from _toy import ToyDataModule, ToyDataset, ToyModule, make_trainer
+from _toy import ToyDataModule, ToyDataset, ToyModule, all_method_options, make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lead_lightning import LeadSelectionCallback
@@ -14,20 +14,7 @@ EPOCHS = 6
 SETTINGS = {
     "paper": {"budget": 0.5, "sample_rate": 0.3, "arms_per_round": 2, "seed": 5},
     # every method option beyond the paper at once (their state must resume exactly too)
-    "options": {
-        "budget": 0.5,
-        "sample_rate": 0.3,
-        "seed": 5,
-        "allocation": "proportional",
-        "bandit": "hedge",
-        "bandit_eta": "horizon",
-        "reward": "first_visit_gain",
-        "reward_norm": "round",
-        "reward_smoothing": 0.5,
-        "pacing": True,
-        "learnability": True,
-        "max_rounds": EPOCHS,
-    },
+    "options": {"budget": 0.5, "sample_rate": 0.3, "seed": 5, **all_method_options(EPOCHS)},
 }
 
 

@@ -2,24 +2,47 @@
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from lead_lightning.data import InstructionRecord, generate_pool, read_gsm8k, read_records
+from lead_lightning.data import (
+    InstructionRecord,
+    generate_family,
+    generate_pool,
+    near_duplicates,
+    plant_noise,
+    read_gsm8k,
+    read_records,
+)
 
-__all__ = ["Split", "generated_split", "gsm8k_split", "jsonl_split"]
+__all__ = ["TESTBED_FAMILIES", "Split", "generated_split", "gsm8k_split", "jsonl_split", "testbed_split"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Split:
-    """The pool (``train``, list position = pool id) and the held-out records (``val``, or ``None``)."""
+    """The pool (``train``, list position = pool id) and the held-out records (``val``, or ``None``).
+
+    ``flags`` holds record-level flags of the pool, each a list aligned with ``train`` (the testbed's
+    ``noisy`` and ``duplicate``); ``lead-train`` reports the share of trained examples carrying each.
+    """
 
     train: list[InstructionRecord]
     val: list[InstructionRecord] | None
+    flags: dict[str, list[bool]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, values in self.flags.items():
+            if len(values) != len(self.train):
+                raise ValueError(
+                    f"Flag `{name}` has {len(values)} values for a pool of {len(self.train)} records."
+                )
 
 
 def _limit(records: list[InstructionRecord], n: int | None, name: str) -> list[InstructionRecord]:
@@ -96,3 +119,182 @@ def jsonl_split(
     held = set(random.Random(seed).sample(range(len(records)), n_val))
     train = [r for i, r in enumerate(records) if i not in held]
     return Split(train, [records[i] for i in sorted(held)])
+
+
+TESTBED_FAMILIES: dict[str, float] = {
+    "copy": 0.30,
+    "reverse": 0.25,
+    "sort_letters": 0.15,
+    "add": 0.20,
+    "multiply": 0.10,
+}
+"""The testbed's default families and their shares of the pool: sizes and difficulties differ.
+(``gsm8k`` may be added with a share; its long examples cost a tiny model ~6x the CPU time per step.)"""
+
+_SEED_OFFSETS = {"pool": 0, "noise": 1, "duplicates": 2, "eval": 3, "pretrain": 4}
+
+
+def _counts(weights: Mapping[str, float], total: int) -> dict[str, int]:
+    """``total`` split by ``weights`` with the largest-remainder method (the counts sum to ``total``)."""
+    norm = sum(weights.values())
+    raw = {k: total * w / norm for k, w in weights.items()}
+    counts = {k: int(v) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: (counts[k] - raw[k], k))[: total - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def _gsm8k_records(root: Path) -> tuple[list[InstructionRecord], list[InstructionRecord]] | None:
+    files = [root / "train.jsonl", root / "test.jsonl"]
+    if not all(f.is_file() for f in files):
+        return None
+    return read_gsm8k(files[0]), read_gsm8k(files[1])
+
+
+def testbed_split(
+    pool_size: int = 3000,
+    families: Mapping[str, float] | None = None,
+    noisy_families: Sequence[str] = ("reverse", "add"),
+    noisy_share: float = 0.25,
+    duplicate_share: float = 0.03,
+    eval_per_family: int = 100,
+    pretrain_size: int = 4000,
+    split: str = "pool",
+    data_dir: str | PathLike[str] | None = None,
+    on_missing: str = "skip",
+    seed: int = 0,
+) -> Split:
+    """The study testbed: a structured pool with planted noise and near-duplicates, clean held-out
+    examples per family, and a disjoint clean pre-training split for the base model.
+
+    - **Families** of different sizes (``families``: name -> share of the pool) and difficulty:
+      generated ``copy`` < ``reverse`` < ``sort_letters`` < ``add`` < ``multiply`` (see
+      :data:`~lead_lightning.data.SYNTHETIC_FAMILIES`) and ``gsm8k`` (read from
+      ``<data_dir>/gsm8k``; when absent it is skipped with a warning, or an error with
+      ``on_missing="error"``). Each record's ``group`` is its family.
+    - **Noise**: in each of ``noisy_families``, ``noisy_share`` of the examples take another
+      example's answer (:func:`~lead_lightning.data.plant_noise`); their clean twins stay learnable.
+    - **Near-duplicates**: ``duplicate_share`` of the pool are copies of other pool examples with a
+      trivially perturbed prompt (a noisy example's copy is noisy too), placed at seeded positions.
+    - ``flags["noisy"]`` / ``flags["duplicate"]`` mark them (``split="pool"``).
+    - **Held-out** (``val``): ``eval_per_family`` clean examples of every family, none of whose prompts
+      is in the pool or the pre-training split (GSM8K: the test file).
+    - **Pre-training** (``split="pretrain"``: ``train`` is this split, ``val`` the same held-out set):
+      ``pretrain_size`` clean examples in the same family shares, prompts disjoint from the pool and
+      the held-out set (GSM8K: training problems not in the pool).
+
+    Every part has its own seed derived from ``seed``, so the pool, held-out and pre-training
+    examples never depend on each other's sizes.
+
+    Args:
+        pool_size: examples in the pool, near-duplicates included.
+        families: family -> share of the pool (0 leaves a family out); default :data:`TESTBED_FAMILIES`.
+        noisy_families: families with planted wrong answers.
+        noisy_share: share of each noisy family whose answer is wrong.
+        duplicate_share: share of the pool that is near-duplicates.
+        eval_per_family: held-out clean examples per family.
+        pretrain_size: examples in the pre-training split.
+        split: ``"pool"`` (train = the pool) or ``"pretrain"`` (train = the pre-training split).
+        data_dir: directory holding ``gsm8k/train.jsonl`` and ``gsm8k/test.jsonl``.
+        on_missing: ``"skip"`` or ``"error"`` when a family's data files are absent.
+        seed: the testbed's seed.
+
+    Example:
+        >>> s = testbed_split(200, families={"copy": 0.5, "add": 0.5}, noisy_families=["add"],
+        ...                   eval_per_family=5, pretrain_size=40)
+        >>> len(s.train), len(s.val), sum(s.flags["noisy"]) > 0, sum(s.flags["duplicate"])
+        (200, 10, True, 6)
+        >>> p = testbed_split(200, families={"copy": 0.5, "add": 0.5}, noisy_families=["add"],
+        ...                   eval_per_family=5, pretrain_size=40, split="pretrain")
+        >>> len(p.train), p.val == s.val, {r.prompt for r in p.train} & {r.prompt for r in s.train}
+        (40, True, set())
+    """
+    if split not in ("pool", "pretrain"):
+        raise ValueError(f"`split` must be 'pool' or 'pretrain', got {split!r}.")
+    if on_missing not in ("skip", "error"):
+        raise ValueError(f"`on_missing` must be 'skip' or 'error', got {on_missing!r}.")
+    if not 0.0 <= duplicate_share < 1.0:
+        raise ValueError(f"`duplicate_share` must be in [0, 1), got {duplicate_share!r}.")
+    weights = dict(TESTBED_FAMILIES if families is None else families)
+    unknown = sorted(set(weights) - {"gsm8k"} - set(generated_families()))
+    if unknown or any(not isinstance(w, (int, float)) or w < 0 for w in weights.values()):
+        raise ValueError(
+            f"`families` must map known families to shares >= 0, got {weights!r}; unknown: {unknown}."
+            f" HINT: choose from {sorted(['gsm8k', *generated_families()])}."
+        )
+    weights = {k: float(w) for k, w in weights.items() if w > 0}  # share 0: the family is left out
+    if not weights:
+        raise ValueError("`families` gives no family a share > 0.")
+    gsm8k = None
+    if "gsm8k" in weights:
+        root = Path(data_dir if data_dir is not None else ".") / "gsm8k"
+        gsm8k = _gsm8k_records(root)
+        if gsm8k is None:
+            message = (
+                f"The testbed's gsm8k family needs {root}/train.jsonl and test.jsonl, which are absent."
+                " HINT: set LEAD_DATA_DIR (or `data.records.data_dir`) to the directory holding gsm8k/,"
+                " or drop gsm8k from `data.records.families`."
+            )
+            if on_missing == "error":
+                raise FileNotFoundError(message)
+            log.warning(message + " Skipping the gsm8k family.")
+            del weights["gsm8k"]
+    missing_noisy = sorted(set(noisy_families) - set(weights))
+    if missing_noisy:
+        raise ValueError(f"`noisy_families` {missing_noisy} are not among the families {sorted(weights)}.")
+
+    n_dup = round(duplicate_share * pool_size)
+    if pool_size - n_dup < len(weights):
+        raise ValueError(f"`pool_size` ({pool_size}) is too small for {len(weights)} families.")
+    sizes = _counts(weights, pool_size - n_dup)
+
+    def part(name: str) -> int:
+        return seed * 1009 + _SEED_OFFSETS[name]
+
+    def draw(family: str, n: int, stream: str, exclude: set[str], source: list[InstructionRecord]) -> list:
+        if family != "gsm8k":
+            return generate_family(family, n, seed=part(stream), exclude=exclude)
+        free = [r for r in source if r.prompt not in exclude]
+        if n > len(free):
+            raise ValueError(f"gsm8k has {len(free)} problems left for the {stream} split, {n} asked.")
+        return random.Random(part(stream)).sample(free, n)
+
+    gsm_train, gsm_test = gsm8k if gsm8k is not None else ([], [])
+    base: list[InstructionRecord] = []
+    for family, n in sizes.items():
+        base += draw(family, n, "pool", set(), gsm_train)
+    random.Random(part("pool")).shuffle(base)
+    used = {r.prompt for r in base}
+    val: list[InstructionRecord] = []
+    for family in sizes:
+        val += draw(family, eval_per_family, "eval", used, gsm_test if family == "gsm8k" else [])
+    if split == "pretrain":
+        used |= {r.prompt for r in val}
+        pre: list[InstructionRecord] = []
+        for family, n in _counts(weights, pretrain_size).items():
+            pre += draw(family, n, "pretrain", used, gsm_train)
+        random.Random(part("pretrain")).shuffle(pre)
+        return Split(pre, val or None)
+
+    noisy_pool, noisy = plant_noise(base, noisy_families, noisy_share, seed=part("noise"))
+    copies, sources = near_duplicates(noisy_pool, n_dup, seed=part("duplicates"))
+    records, flags_noisy, flags_dup = list(noisy_pool), list(noisy), [False] * len(noisy_pool)
+    rng = random.Random(part("duplicates"))
+    for copy, src in zip(copies, sources, strict=True):
+        at = rng.randint(0, len(records))
+        records.insert(at, copy)
+        flags_noisy.insert(at, noisy[src])
+        flags_dup.insert(at, True)
+    return Split(records, val or None, {"noisy": flags_noisy, "duplicate": flags_dup})
+
+
+def generated_families() -> list[str]:
+    """The clean generated families the testbed can use (``noisy_*`` families excluded).
+
+    Example:
+        >>> generated_families()[:2]
+        ['add', 'copy']
+    """
+    from lead_lightning.data import SYNTHETIC_FAMILIES
+
+    return sorted(f for f in SYNTHETIC_FAMILIES if "noisy" not in f)

@@ -20,7 +20,13 @@ from lead_lightning.data.records import (
     read_records,
     records_from_hf,
 )
-from lead_lightning.data.synthetic import SYNTHETIC_FAMILIES, generate_pool
+from lead_lightning.data.synthetic import (
+    SYNTHETIC_FAMILIES,
+    generate_family,
+    generate_pool,
+    near_duplicates,
+    plant_noise,
+)
 from lead_lightning.data.templates import TEMPLATES, PromptTemplate, get_template
 
 __all__ = [
@@ -37,8 +43,11 @@ __all__ = [
     "PromptTemplate",
     "TruncationStats",
     "fit_to_length",
+    "generate_family",
     "generate_pool",
     "get_template",
+    "near_duplicates",
+    "plant_noise",
     "read_alpaca_jsonl",
     "read_bbh",
     "read_chat_jsonl",

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from lead_lightning.data.records import InstructionRecord
 
-__all__ = ["SYNTHETIC_FAMILIES", "generate_pool"]
+__all__ = [
+    "SYNTHETIC_FAMILIES",
+    "generate_family",
+    "generate_pool",
+    "near_duplicates",
+    "perturb_prompt",
+    "plant_noise",
+]
 
 _LETTERS = string.ascii_lowercase
 
@@ -98,3 +105,135 @@ def generate_pool(n: int, seed: int = 0, families: Sequence[str] | None = None) 
             for i, a in zip(idx, answers, strict=True):
                 examples[i] = (examples[i][0], a)
     return [InstructionRecord(p, r, f) for (p, r), f in zip(examples, assignment, strict=True)]
+
+
+def generate_family(
+    family: str, n: int, seed: int = 0, exclude: Collection[str] = ()
+) -> list[InstructionRecord]:
+    """``n`` clean examples of one family with distinct prompts, none of them in ``exclude``.
+
+    Used to keep splits disjoint: a held-out or pre-training split passes the pool's prompts as
+    ``exclude``. ``noisy_*`` families are generated clean here (see :func:`plant_noise`).
+
+    Args:
+        family: a name from :data:`SYNTHETIC_FAMILIES`.
+        n: number of examples (>= 0).
+        seed: random seed.
+        exclude: prompts that must not be generated.
+
+    Example:
+        >>> a = generate_family("reverse", 3, seed=0)
+        >>> [r.group for r in a], a[0].response == a[0].prompt.split(": ")[1][::-1]
+        (['reverse', 'reverse', 'reverse'], True)
+        >>> b = generate_family("reverse", 50, seed=1, exclude={r.prompt for r in a})
+        >>> {r.prompt for r in a} & {r.prompt for r in b}
+        set()
+    """
+    if family not in SYNTHETIC_FAMILIES:
+        raise ValueError(f"Unknown family {family!r}; known: {sorted(SYNTHETIC_FAMILIES)}.")
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"`n` must be an int >= 0, got {n!r}.")
+    make = SYNTHETIC_FAMILIES[family][1]
+    rng = random.Random(f"{family}:{seed}")
+    seen: set[str] = set(exclude)
+    out: list[InstructionRecord] = []
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ValueError(
+                f"Could not generate {n} distinct `{family}` prompts outside `exclude` ({len(out)} found)."
+                " HINT: ask for fewer examples of this family."
+            )
+        prompt, response = make(rng)
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        out.append(InstructionRecord(prompt, response, family))
+    return out
+
+
+def plant_noise(
+    records: Sequence[InstructionRecord], families: Collection[str], share: float, seed: int = 0
+) -> tuple[list[InstructionRecord], list[bool]]:
+    """Give a seeded ``share`` of each family in ``families`` another example's answer.
+
+    Inside each family, ``round(share * n_family)`` examples are chosen and their answers rotated
+    along a random cycle (each takes the next one's answer, never its own), so every wrong answer
+    looks plausible while the clean examples of the family stay learnable.
+
+    Returns:
+        The new records (same order and groups) and a flag per record: ``True`` where the answer now
+        differs from the original one (two rotated answers that happen to be equal stay clean).
+
+    Example:
+        >>> pool = generate_family("add", 8, seed=0) + generate_family("copy", 4, seed=0)
+        >>> noisy_pool, noisy = plant_noise(pool, ["add"], 0.5, seed=0)
+        >>> sum(noisy), any(noisy[8:])
+        (4, False)
+        >>> [r.prompt for r in noisy_pool] == [r.prompt for r in pool]
+        True
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"`share` must be in [0, 1], got {share!r}.")
+    groups = {r.group for r in records}
+    unknown = sorted(set(families) - groups)
+    if unknown:
+        raise ValueError(f"Noisy families {unknown} are not in the records (families: {sorted(groups)}).")
+    rng = random.Random(seed)
+    out = list(records)
+    for family in sorted(families):
+        idx = [i for i, r in enumerate(records) if r.group == family]
+        chosen = rng.sample(idx, round(share * len(idx)))
+        if len(chosen) < 2:
+            continue  # one example cannot take another's answer
+        answers = [records[i].response for i in chosen[1:] + chosen[:1]]
+        for i, a in zip(chosen, answers, strict=True):
+            out[i] = InstructionRecord(records[i].prompt, a, records[i].group, records[i].messages)
+    return out, [a.response != b.response for a, b in zip(out, records, strict=True)]
+
+
+def perturb_prompt(prompt: str, rng: random.Random) -> str:
+    """A trivially different prompt with the same meaning: case of the first letter, a doubled
+    space, or a trailing space.
+
+    Example:
+        >>> p = perturb_prompt("Copy the word: abc", random.Random(0))
+        >>> p != "Copy the word: abc" and p.split()[-1] == "abc"
+        True
+    """
+    kind = rng.randrange(3)
+    if kind == 0 and prompt[:1].isalpha():
+        first = prompt[0].lower() if prompt[0].isupper() else prompt[0].upper()
+        return first + prompt[1:]
+    if kind <= 1 and " " in prompt:
+        spaces = [i for i, c in enumerate(prompt) if c == " "]
+        i = rng.choice(spaces)
+        return prompt[:i] + " " + prompt[i:]
+    return prompt + " "
+
+
+def near_duplicates(
+    records: Sequence[InstructionRecord], n: int, seed: int = 0
+) -> tuple[list[InstructionRecord], list[int]]:
+    """``n`` near-duplicates of distinct, seeded picks of ``records``: same response and group, a
+    trivially perturbed prompt (:func:`perturb_prompt`).
+
+    Returns:
+        The copies and, for each, the index of the record it copies.
+
+    Example:
+        >>> pool = generate_family("copy", 10, seed=0)
+        >>> dups, src = near_duplicates(pool, 2, seed=0)
+        >>> [d.response == pool[i].response and d.prompt != pool[i].prompt for d, i in zip(dups, src)]
+        [True, True]
+    """
+    if not isinstance(n, int) or not 0 <= n <= len(records):
+        raise ValueError(f"`n` must be an int in [0, {len(records)}], got {n!r}.")
+    rng = random.Random(seed)
+    sources = sorted(rng.sample(range(len(records)), n))
+    copies = [
+        InstructionRecord(perturb_prompt(records[i].prompt, rng), records[i].response, records[i].group)
+        for i in sources
+    ]
+    return copies, sources

@@ -190,13 +190,18 @@ class CausalLMModule(pl.LightningModule):
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
         return {"loss": out.loss, "per_example_loss": out.per_example_loss.detach()}
 
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        """Logs ``val/loss``: mean over every scored token of the validation set (all ranks)."""
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Logs ``val/loss``: mean over every scored token of the validation set (all ranks).
+
+        Returns ``{"per_example_loss": Tensor[B], "n_tokens": LongTensor[B]}`` (detached) for
+        callbacks that break the loss down, e.g. :class:`~lead_lightning.monitors.GroupValLoss`.
+        """
         out = self(batch)
         n_tokens = int(out.n_tokens.sum())
         if n_tokens:
             # weighting each batch's token mean by its token count gives the token mean of the whole set
             self.log("val/loss", out.loss, batch_size=n_tokens, prog_bar=True, sync_dist=True)
+        return {"per_example_loss": out.per_example_loss.detach(), "n_tokens": out.n_tokens.detach()}
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
@@ -244,4 +249,39 @@ class CausalLMModule(pl.LightningModule):
         path = Path(save_dir)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(path))  # type: ignore[operator]
+        return path
+
+    def save_pretrained_model(self, save_dir: str | PathLike[str], tokenizer: Any = None) -> Path:
+        """Save the whole trained model (and ``tokenizer``) with ``save_pretrained``, so that
+        ``from_pretrained(save_dir)`` (``lead-train model=hf_local model.path=<save_dir>``) loads it
+        as the base of another run.
+
+        With LoRA the adapters are merged into a copy of the base weights (``merge_and_unload`` on a
+        deep copy: the module keeps training its adapters; the copy needs the weights' memory once
+        more) and the merged full model is saved, not the adapter (for that: :meth:`save_adapter`).
+
+        Example:
+            >>> import tempfile
+            >>> from lead_lightning.models import load_causal_lm, tiny_causal_lm
+            >>> module = CausalLMModule(tiny_causal_lm(vocab_size=300, hidden_size=32), lora={"r": 4})
+            >>> path = module.save_pretrained_model(tempfile.mkdtemp())
+            >>> type(load_causal_lm(path)).__name__, any("lora" in n for n, _ in module.named_parameters())
+            ('LlamaForCausalLM', True)
+        """
+        path = Path(save_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        model: Any = self.model
+        if self.lora is not None:
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        try:
+            model.save_pretrained(str(path))
+        except (TypeError, ValueError, NotImplementedError) as e:
+            raise type(e)(
+                f"{e} HINT: a model transformers cannot save whole (e.g. one loaded from a GGUF file)"
+                " can still save its LoRA adapter: `save_adapter`."
+            ) from e
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(path))
         return path
