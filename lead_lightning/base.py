@@ -113,6 +113,8 @@ class RoundSelectionCallback(Callback):
         self._step_lr: float | Tensor = 0.0
         self._round_t0 = 0.0
         self._trainer: pl.Trainer | None = None
+        self._nonfinite_rounds = 0  # rounds in a row in which no loss was finite
+        self._warn_count_budget()
 
     # ------------------------------------------------------------------ what a method implements
     def current_subset(self) -> Tensor:
@@ -170,6 +172,21 @@ class RoundSelectionCallback(Callback):
     def state_key_fields(self) -> dict[str, Any]:
         """The behaviour-changing settings that name this callback's checkpoint entry."""
         return {}
+
+    @property
+    def max_nonfinite_rounds(self) -> int:
+        """Rounds in a row without one finite loss after which training stops with an error (0: never)."""
+        return int(getattr(getattr(self, "config", None), "max_nonfinite_rounds", 3))
+
+    def _warn_count_budget(self) -> None:
+        """An int ``budget`` is a count of examples; below 1% of the pool a fraction was probably meant."""
+        budget = getattr(getattr(self, "config", None), "budget", None)
+        if isinstance(budget, int) and not isinstance(budget, bool) and budget < 0.01 * len(self.pool):
+            rank_zero_warn(
+                f"{type(self).__name__}: `budget={budget}` is an int, so it is a count: {budget} of the pool's"
+                f" {len(self.pool)} examples ({budget / len(self.pool):.2%}). HINT: for a fraction of the pool"
+                " write a float (`budget=0.05` is 5% of it, `budget=1.0` all of it)."
+            )
 
     # ------------------------------------------------------------------ identity and helpers
     @property
@@ -295,6 +312,7 @@ class RoundSelectionCallback(Callback):
     def _finish_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         records = self._carried.cat(self._gather_records(trainer))
         self._carried = RoundRecords.empty()
+        no_finite_loss = len(records) > 0 and not bool(torch.isfinite(records.loss).any())
         e = self.close_round(records, trainer, pl_module)
         e["round_time_s"] = time.perf_counter() - self._round_t0
         self._consumed = [0] * len(self._consumed)
@@ -309,10 +327,27 @@ class RoundSelectionCallback(Callback):
                 " counts a use (so it is not redrawn forever) and leaves the example's utility unchanged."
             )
         self._log(trainer, e)
+        self._check_nonfinite(e, no_finite_loss)
         stop = trainer.strategy.reduce_boolean_decision(self.stop_reason is not None, all=False)
         if stop:
             trainer.should_stop = True
             rank_zero_info(f"{self.method} stops training after round {e['round']}: {self.stop_reason}.")
+
+    def _check_nonfinite(self, e: RoundSummary, no_finite_loss: bool) -> None:
+        """Stop with an error after ``max_nonfinite_rounds`` rounds in a row without one finite loss.
+
+        The records are merged across ranks, so every rank counts alike and raises together.
+        """
+        self._nonfinite_rounds = self._nonfinite_rounds + 1 if no_finite_loss else 0
+        limit = self.max_nonfinite_rounds
+        if limit and self._nonfinite_rounds >= limit:
+            first = e["round"] - self._nonfinite_rounds + 1
+            raise FloatingPointError(
+                f"{self.method}: every per-example loss was non-finite (NaN or inf) in {self._nonfinite_rounds}"
+                f" rounds in a row (rounds {first}..{e['round']}): the model learns nothing. HINT: lower the"
+                " learning rate, clip gradients (`trainer.gradient_clip_val=1.0`), train in 32-bit precision,"
+                f" or check the data; `max_nonfinite_rounds` (now {limit}) sets the limit, 0 never stops."
+            )
 
     def _gather_records(self, trainer: pl.Trainer | None) -> RoundRecords:
         local = self._buffer.take()
@@ -380,6 +415,7 @@ class RoundSelectionCallback(Callback):
             "mid_round": mid_round,
             "carried": carried.to_dict() if mid_round else None,
             "consumed": consumed,
+            "nonfinite_rounds": self._nonfinite_rounds,
         }
 
     def on_save_checkpoint(
@@ -402,6 +438,7 @@ class RoundSelectionCallback(Callback):
         self.load_selection_state(s["selection"] if version >= 2 else s["selector"], mid_round)
         self._buffer = RecordBuffer()
         self._pending_close = False
+        self._nonfinite_rounds = int(s.get("nonfinite_rounds", 0))
         if not mid_round:
             self._carried = RoundRecords.empty()
             return

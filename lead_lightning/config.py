@@ -231,6 +231,12 @@ class LeadConfig(_Config):
         default=True, metadata=_help("Shuffle the round's subset (official code: unshuffled).")
     )
     val_monitor: str = field(default="val/loss", metadata=_help("Metric read by reward='val_loss_drop'."))
+    max_nonfinite_rounds: int = field(
+        default=3,
+        metadata=_help(
+            "Stop with an error after this many rounds in a row without one finite loss (0: never)."
+        ),
+    )
     # ---- method options beyond the paper (off by default until measured; see the README's method card)
     allocation: str = field(
         default="single",
@@ -326,6 +332,7 @@ class LeadConfig(_Config):
         _check_int("seed", self.seed, 0)
         if not isinstance(self.val_monitor, str) or not self.val_monitor:
             raise ValueError(f"`val_monitor` must be a metric name, got {self.val_monitor!r}.")
+        _check_int("max_nonfinite_rounds", self.max_nonfinite_rounds, 0)
         self.bandit_kwargs = dict(self.bandit_kwargs)
         self._check_options()
 
@@ -370,6 +377,12 @@ class _BaselineConfig(_Config):
     arms_per_round: int = field(default=1, metadata=_help("LEAD's clusters per round (sets the round size)."))
     max_rounds: Optional[int] = field(default=None, metadata=_help("Planned rounds; None: max_epochs."))  # noqa: UP045
     seed: int = field(default=42, metadata=_help("Seeds the choice and the shuffles."))
+    max_nonfinite_rounds: int = field(
+        default=3,
+        metadata=_help(
+            "Stop with an error after this many rounds in a row without one finite loss (0: never)."
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check_sample_rate(self.sample_rate)
@@ -377,6 +390,7 @@ class _BaselineConfig(_Config):
         if self.max_rounds is not None:
             _check_int("max_rounds", self.max_rounds, 1)
         _check_int("seed", self.seed, 0)
+        _check_int("max_nonfinite_rounds", self.max_nonfinite_rounds, 0)
 
 
 @dataclass

@@ -116,8 +116,7 @@ class PoolIndex:
             names: list[Any] = ["all"]
             g_codes = np.zeros(n, dtype=np.int64)
         else:
-            uniq, g_codes = np.unique(g_arr, return_inverse=True)
-            names = [x.item() if hasattr(x, "item") else x for x in uniq]
+            names, g_codes = _group_codes(g_arr)
 
         self.clusters: Tensor = torch.from_numpy(c.astype(np.int64))
         self.groups: Tensor = torch.from_numpy(g_codes.astype(np.int64))
@@ -152,12 +151,24 @@ class PoolIndex:
         return torch.bincount(self.clusters, minlength=self.num_clusters)
 
     def fingerprint(self) -> str:
-        """A short hash of clusters and groups, stored in checkpoints to catch a different pool."""
+        """A short hash of clusters, groups and ``iu0``, stored in checkpoints to catch a different pool.
+
+        ``iu0`` is part of it: a pool with the same clusters but other initial utilities (scored by
+        another model, or on other records) must not resume another pool's selection state.
+
+        Example:
+            >>> a = PoolIndex(clusters=[0, 1], iu0=[1.0, 2.0])
+            >>> a.fingerprint() == PoolIndex(clusters=[0, 1], iu0=[1.0, 2.0]).fingerprint()
+            True
+            >>> a.fingerprint() == PoolIndex(clusters=[0, 1], iu0=[1.0, 2.5]).fingerprint()
+            False
+        """
         import hashlib
 
         h = hashlib.sha1()
         h.update(self.clusters.numpy().tobytes())
         h.update(self.groups.numpy().tobytes())
+        h.update(self.iu0.numpy().tobytes())
         return h.hexdigest()[:16]
 
     def __repr__(self) -> str:
@@ -239,18 +250,48 @@ class PoolIndex:
                 raise ValueError(f"{path}: column `id` must be a permutation of 0..N-1 (N={len(ids)}).")
             table = table.take(order)
         col = table.column
-        return cls(
-            clusters=col("cluster").to_numpy(),
-            groups=np.asarray(col("group").to_pylist(), dtype=object)
-            if not _is_numeric(col("group"))
-            else col("group").to_numpy(),
-            iu0=col("iu0").to_numpy(),
-            ifd=col("ifd").to_numpy() if "ifd" in table.column_names else None,
-            n_response_tokens=col("n_response_tokens").to_numpy()
-            if "n_response_tokens" in table.column_names
-            else None,
-            provenance=provenance,
+        try:
+            return cls(
+                clusters=col("cluster").to_numpy(),
+                groups=np.asarray(col("group").to_pylist(), dtype=object)
+                if not _is_numeric(col("group"))
+                else col("group").to_numpy(),
+                iu0=col("iu0").to_numpy(),
+                ifd=col("ifd").to_numpy() if "ifd" in table.column_names else None,
+                n_response_tokens=col("n_response_tokens").to_numpy()
+                if "n_response_tokens" in table.column_names
+                else None,
+                provenance=provenance,
+            )
+        except ValueError as err:  # the file is where the bad values are
+            raise ValueError(f"{path}: {err}") from None
+
+
+def _group_codes(labels: np.ndarray) -> tuple[list[Any], np.ndarray]:
+    """Sorted distinct group labels and each example's code; null or mixed-type labels are errors."""
+    if labels.dtype.kind == "f":
+        null = np.isnan(labels)
+    elif labels.dtype.kind == "O":
+        null = np.fromiter(
+            (v is None or (isinstance(v, float) and v != v) for v in labels), bool, len(labels)
         )
+    else:
+        null = np.zeros(len(labels), dtype=bool)
+    if null.any():
+        idx = np.flatnonzero(null)
+        raise ValueError(
+            f"`groups` holds {len(idx)} null label(s) (None or NaN), first at id {int(idx[0])}. HINT: give"
+            " every example a group (its task or source), or pass `groups=None` for one group."
+        )
+    try:
+        uniq, codes = np.unique(labels, return_inverse=True)
+    except TypeError:
+        kinds = sorted({type(v).__name__ for v in labels})
+        raise ValueError(
+            f"`groups` mixes label types {kinds}; labels are sorted, so they must be of one type."
+            " HINT: convert them, e.g. `[str(g) for g in groups]`."
+        ) from None
+    return [x.item() if hasattr(x, "item") else x for x in uniq], codes
 
 
 def _is_numeric(column: Any) -> bool:

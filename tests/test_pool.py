@@ -210,11 +210,12 @@ def test_load_rejects_ids_that_are_not_a_permutation(tmp_path):
         PoolIndex.load(path)
 
 
-def test_fingerprint_tracks_clusters_and_groups():
+def test_fingerprint_tracks_clusters_groups_and_iu0():
     base = PoolIndex(clusters=CLUSTERS, iu0=IU0, groups=GROUPS)
-    same = PoolIndex(clusters=torch.tensor(CLUSTERS), iu0=[9.0] * 6, groups=GROUPS)  # iu0 is not part of it
+    same = PoolIndex(clusters=torch.tensor(CLUSTERS), iu0=torch.tensor(IU0), groups=GROUPS)
     assert base.fingerprint() == same.fingerprint()
     assert len(base.fingerprint()) == 16
+    assert PoolIndex(clusters=CLUSTERS, iu0=[9.0] * 6, groups=GROUPS).fingerprint() != base.fingerprint()
     swapped = [1, 0, 0, 2, 1, 2]
     assert PoolIndex(clusters=swapped, iu0=IU0, groups=GROUPS).fingerprint() != base.fingerprint()
     assert PoolIndex(clusters=CLUSTERS, iu0=IU0, groups=GROUPS[::-1]).fingerprint() != base.fingerprint()

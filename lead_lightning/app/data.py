@@ -19,6 +19,7 @@ from lead_lightning.data import (
     read_gsm8k,
     read_records,
 )
+from lead_lightning.data.records import deduplicate_split
 
 __all__ = ["TESTBED_FAMILIES", "Split", "generated_split", "gsm8k_split", "jsonl_split", "testbed_split"]
 
@@ -65,7 +66,8 @@ def generated_split(
     """
     fams = list(families) if families is not None else None
     val = generate_pool(val_size, seed=seed + 1_000_003, families=fams) if val_size else None
-    return Split(generate_pool(pool_size, seed=seed, families=fams), val)
+    train = generate_pool(pool_size, seed=seed, families=fams)
+    return Split(train, deduplicate_split(train, val))
 
 
 def gsm8k_split(
@@ -80,8 +82,8 @@ def gsm8k_split(
     if missing:
         raise FileNotFoundError(
             f"GSM8K not found: {root} lacks {missing}. `data=gsm8k` reads a local copy only (nothing is"
-            " downloaded). HINT: set LEAD_GSM8K_DIR=/path/to/gsm8k or `data.records.root=/path/to/gsm8k`"
-            " (a directory with the official train.jsonl and test.jsonl)."
+            " downloaded). HINT: set LEAD_DATA_DIR=/path/to/data (holding gsm8k/), LEAD_GSM8K_DIR=/path/to/gsm8k"
+            " or `data.records.root=/path/to/gsm8k` (a directory with the official train.jsonl and test.jsonl)."
         )
     train = _limit(
         read_gsm8k(root / "train.jsonl", strip_calculator=strip_calculator), train_limit, "train_limit"
@@ -91,7 +93,7 @@ def gsm8k_split(
         val = _limit(
             read_gsm8k(root / "test.jsonl", strip_calculator=strip_calculator), val_limit, "val_limit"
         )
-    return Split(train, val)
+    return Split(train, deduplicate_split(train, val))
 
 
 def jsonl_split(
@@ -110,15 +112,16 @@ def jsonl_split(
     """
     records = _limit(read_records(path, format=format, **reader_kwargs), limit, "limit")
     if val_path is not None:
-        return Split(records, read_records(val_path, format=format, **reader_kwargs))
+        val = read_records(val_path, format=format, **reader_kwargs)
+        return Split(records, deduplicate_split(records, val))
     if not 0 <= val_fraction < 1:
         raise ValueError(f"`val_fraction` must be in [0, 1), got {val_fraction!r}.")
     n_val = round(val_fraction * len(records))
     if n_val == 0:
-        return Split(records, None)
+        return Split(records, deduplicate_split(records, None))
     held = set(random.Random(seed).sample(range(len(records)), n_val))
     train = [r for i, r in enumerate(records) if i not in held]
-    return Split(train, [records[i] for i in sorted(held)])
+    return Split(train, deduplicate_split(train, [records[i] for i in sorted(held)]))
 
 
 TESTBED_FAMILIES: dict[str, float] = {

@@ -1,14 +1,18 @@
 """`InstructionRecord` and readers for the instruction formats users have.
 
 Every reader returns ``list[InstructionRecord]`` whose list position is the example's pool id. Errors
-name where the bad example is (``file:line`` for JSONL, ``file:examples[i]`` for BBH, ``row i`` for
-a HF dataset), the field involved and what was expected.
+name where the bad example is (``file:line`` for JSONL and for bytes that are not UTF-8,
+``file:examples[i]`` for BBH, ``row i`` for a HF dataset), the field involved and what was expected.
+:func:`deduplicate_split` warns about repeated (prompt, response) pairs in a pool and removes the
+held-out records that the pool holds too.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -18,6 +22,7 @@ from typing import Any
 __all__ = [
     "InstructionRecord",
     "READERS",
+    "deduplicate_split",
     "read_alpaca_jsonl",
     "read_bbh",
     "read_chat_jsonl",
@@ -28,6 +33,7 @@ __all__ = [
 
 _ROLES = ("system", "user", "assistant")
 PathT = str | PathLike[str]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +143,9 @@ def _iter_jsonl(path: PathT) -> Iterator[tuple[str, dict[str, Any]]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No such JSONL file: {path}")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:  # decoded line by line, so bytes that are not UTF-8 are named by line
+        for lineno, raw in enumerate(f, start=1):
+            line = _decode(raw, path, lineno, bom=lineno == 1)
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
@@ -149,6 +156,27 @@ def _iter_jsonl(path: PathT) -> Iterator[tuple[str, dict[str, Any]]]:
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
             yield where, row
+
+
+def _decode(raw: bytes, source: object, first_line: int = 1, bom: bool = True) -> str:
+    """``raw`` (text from ``source`` starting at line ``first_line``) as UTF-8, or an error naming the
+    line and column of the first byte that is not UTF-8. A leading byte-order mark is dropped (``bom``).
+
+    Example:
+        >>> _decode(b'{"a": 1}\\n{"b": "caf\\xe9"}', "pool.jsonl")
+        Traceback (most recent call last):
+        ...
+        ValueError: pool.jsonl:2: not UTF-8 (byte 0xe9 at column 11). HINT: convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 in > out`.
+    """
+    try:
+        return raw.decode("utf-8-sig" if bom else "utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + raw.count(b"\n", 0, e.start)
+        column = e.start - raw.rfind(b"\n", 0, e.start)
+        raise ValueError(
+            f"{source}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {column}). HINT: convert the"
+            " file to UTF-8, e.g. `iconv -f latin1 -t utf-8 in > out`."
+        ) from None
 
 
 def _non_empty(records: list[InstructionRecord], source: object) -> list[InstructionRecord]:
@@ -297,7 +325,7 @@ def read_bbh(path: PathT, tasks: Sequence[str] | None = None) -> list[Instructio
     records = []
     for file in files:
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))
+            data = json.loads(_decode(file.read_bytes(), file))
         except json.JSONDecodeError as e:
             raise ValueError(f"{file}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
         if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
@@ -381,3 +409,50 @@ def read_records(path: PathT, format: str, **kwargs: Any) -> list[InstructionRec
     if format not in READERS:
         raise ValueError(f"Unknown `format` {format!r}; known formats: {sorted(READERS)}.")
     return READERS[format](path, **kwargs)
+
+
+def deduplicate_split(
+    pool: Sequence[InstructionRecord], held_out: Sequence[InstructionRecord] | None
+) -> list[InstructionRecord] | None:
+    """Warn about repeated (prompt, response) pairs in ``pool``; return ``held_out`` without the records
+    that ``pool`` holds too (warned with their count).
+
+    Repeats in the pool stay (each keeps its pool id: ids are list positions), but the warning says how
+    many there are, since an example stored twice is trained twice as often. A held-out record that is
+    also a training record makes the held-out loss a training loss, so it is removed; ``None`` is
+    returned when nothing is left (or ``held_out`` is ``None``).
+
+    Args:
+        pool: the training pool (list position = pool id).
+        held_out: the held-out records, or ``None``.
+
+    Returns:
+        ``held_out`` without the records whose (prompt, response) pair is in ``pool``.
+
+    Example:
+        >>> pool = [InstructionRecord("1+1?", "2"), InstructionRecord("2+2?", "4"), InstructionRecord("1+1?", "2")]
+        >>> val = [InstructionRecord("2+2?", "4"), InstructionRecord("3+3?", "6")]
+        >>> [r.prompt for r in deduplicate_split(pool, val)]
+        ['3+3?']
+    """
+    counts = Counter((r.prompt, r.response) for r in pool)
+    repeated = {pair: n for pair, n in counts.items() if n > 1}
+    if repeated:
+        extra = sum(repeated.values()) - len(repeated)
+        first = next(iter(repeated))
+        ids = [i for i, r in enumerate(pool) if (r.prompt, r.response) == first][:3]
+        log.warning(
+            f"The pool holds {extra} duplicate record(s): {len(repeated)} (prompt, response) pair(s) occur"
+            f" more than once (the first: ids {ids}, prompt {first[0]!r:.60}). Each copy is its own pool id,"
+            " so these examples count more in selection and training. HINT: de-duplicate the source file."
+        )
+    if held_out is None:
+        return None
+    kept = [r for r in held_out if (r.prompt, r.response) not in counts]
+    if len(kept) < len(held_out):
+        log.warning(
+            f"Removed {len(held_out) - len(kept)} of {len(held_out)} held-out record(s) that are also in the"
+            " training pool (identical prompt and response): they would measure training loss, not"
+            f" held-out loss. {len(kept)} held-out record(s) remain."
+        )
+    return kept or None
