@@ -1,4 +1,4 @@
-"""Smoke test of the end-to-end benchmark (benchmarks/e2e/run.py) at its tiniest size."""
+"""Smoke test of the study runner (benchmarks/study/run.py) at its tiniest size, through the app."""
 
 from __future__ import annotations
 
@@ -13,63 +13,46 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _runner():  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location("e2e_run", REPO / "benchmarks" / "e2e" / "run.py")
-    mod = importlib.util.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location("study_run", REPO / "benchmarks" / "study" / "run.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     return mod
 
 
-@pytest.mark.slow
-def test_e2e_tiny_study_writes_results_and_table(tmp_path):  # noqa: ANN001
+def test_every_method_is_app_overrides_and_cells_are_paired():
     run = _runner()
-    argv = [
-        "--tiny",
-        "--methods",
-        "lead",
-        "iterative_reinference",
-        "--seeds",
-        "0",
-        "--budgets",
-        "0.1",
-        "--cache",
-        str(tmp_path / "cache"),
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    assert all(isinstance(o, str) and "=" in o for ovs in run.METHODS.values() for o in ovs)
+    assert {"random", "full", "full_pass", "lead", "lead_uniform", "lead_random_within"} <= set(run.METHODS)
+    seeds = {run.run_seed(s, b) for s in run.SEEDS for b in run.BUDGETS}
+    assert len(seeds) == len(run.SEEDS) * len(run.BUDGETS)  # decorrelated across budgets
+    assert run.dedupe(["a=1", "selection=lead", "a=2"]) == ["selection=lead", "a=2"]
+
+
+@pytest.mark.slow
+def test_tiny_study_runs_through_the_app_and_writes_results(tmp_path):  # noqa: ANN001
+    run = _runner()
+    argv = ["--tiny", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     out = run.main(argv)
 
-    files = sorted(out["run_dir"].glob("*.json"))
-    assert [f.name for f in files] == ["iterative_reinference_b0.1_s0.json", "lead_b0.1_s0.json"]
-    for f in files:
-        r = json.loads(f.read_text())
-        for key in (
-            "eval_loss_gsm8k",
-            "eval_loss_gen",
-            "gsm8k_accuracy",
-            "wall_s",
-            "example_steps",
-            "pool_forward_passes",
-            "noisy_share",
-            "history",
-            "curve",
-            "selected_per_cluster",
-        ):
-            assert key in r, key
-        assert set(r["time"]) >= {"offline_scoring_s", "online_rescoring_s", "selection_s", "training_s"}
-        assert math.isfinite(r["eval_loss_gen"]) and r["example_steps"] > 0
-        assert 0.0 <= r["noisy_share"] <= 1.0
-        assert len(r["curve"]) == r["rounds_run"] + 1  # the base model's eval, then one per round
-    lead = json.loads((out["run_dir"] / "lead_b0.1_s0.json").read_text())
-    it = json.loads((out["run_dir"] / "iterative_reinference_b0.1_s0.json").read_text())
-    n = lead["pool_size"]
-    assert lead["pool_forward_passes"] == 2 * n  # one offline scoring pass (conditioned + response alone)
-    assert it["pool_forward_passes"] == it["rounds_run"] * n  # the whole pool, every round
-    assert lead["time"]["offline_scoring_s"] > 0 and it["time"]["online_rescoring_s"] > 0
+    runs, results = out["runs"], out["results"]
+    assert [r["method"] for r in runs] == ["random", "iterative_reinference", "lead"]
+    assert len({next(o for o in r["overrides"] if o.startswith("seed=")) for r in runs}) == 1  # paired
+    n = 120  # the tiny pool
+    cached = tmp_path / "cache" / "runs" / run.key_of(runs[0]["overrides"]) / "result.json"
+    assert json.loads(cached.read_text())["overrides"] == runs[0]["overrides"]
+    for r in results:
+        assert math.isfinite(r["val_metrics"]["val/loss_macro"]) and r["trained"]["example_steps"] > 0
+        assert 0.0 <= r["trained"]["share_noisy"] <= 1.0 and r["selection_s"] is not None
+        assert r["val_curve"][0]["rounds_trained"] == 0  # the base, evaluated before round 0
+    by = {r["method"]: r for r in results}
+    assert run._pool_passes(by["lead"], n) == 2 * n
+    assert run._pool_passes(by["iterative_reinference"], n) == 2 * n  # rescored before each of 2 rounds
+    assert run._pool_passes(by["random"], n) == 0
 
     table = (tmp_path / "out" / "results.md").read_text()
-    assert "| lead |" in table and "| iterative_reinference |" in table and "Headline" in table
-    assert {p.name for p in out["plots"]} >= {"eval_loss_vs_example_steps.png", "eval_loss_vs_wall_time.png"}
+    for row in ("| base |", "| random |", "| lead |", "| iterative_reinference |"):
+        assert row in table
+    assert {p.name for p in out["plots"]} == {"macro_loss_curves.png", "diff_vs_random.png"}
 
-    # a rerun reuses the cached runs (no training)
-    again = run.main(argv)
-    assert [r["wall_s"] for r in again["results"]] == [r["wall_s"] for r in out["results"]]
+    again = run.main(argv)  # every run is cached: nothing is trained again
+    assert [r["wall_s"] for r in again["results"]] == [r["wall_s"] for r in results]
