@@ -95,6 +95,36 @@ METHODS: dict[str, list[str]] = {
     "lead": ["selection=lead"],  # LeadConfig's defaults: the paper's mechanics
     "lead_uniform": ["selection=lead", "bandit=uniform"],  # ablation: no MAB
     "lead_random_within": ["selection=random_within"],  # ablation: no IDU
+    # Amendment 1 (PROTOCOL.md): LEAD's method options, registered before any of them ran here
+    "lead_prop": ["selection=lead", "selection.allocation=proportional", "bandit=uniform"],
+    "lead_prop_random_within": [
+        "selection=random_within",
+        "selection.allocation=proportional",
+        "bandit=uniform",
+    ],
+    "lead_prop_learn": [
+        "selection=lead",
+        "selection.allocation=proportional",
+        "bandit=uniform",
+        "selection.learnability=true",
+    ],
+    "lead_prop_hedge": [
+        "selection=lead",
+        "selection.allocation=proportional",
+        "bandit=hedge",
+        "selection.bandit_eta=horizon",
+        "selection.reward=first_visit_gain",
+        "selection.reward_norm=round",
+    ],
+    "lead_options": [
+        "selection=lead",
+        "selection.allocation=proportional",
+        "bandit=hedge",
+        "selection.bandit_eta=horizon",
+        "selection.reward=first_visit_gain",
+        "selection.reward_norm=round",
+        "selection.learnability=true",
+    ],
 }
 """Method name -> app overrides. Order = the table's order."""
 REFERENCE = "random"
