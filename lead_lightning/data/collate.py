@@ -3,7 +3,10 @@
 The prompt (rendered by the template) and the response are tokenized separately and concatenated,
 ``prompt_ids + response_ids + [eos]``, so the boundary is exact: labels are ``-100`` on every prompt
 and padding position and equal the token on every response position (its eos included). The same
-token ids serve scoring, training and evaluation.
+token ids serve scoring, training and evaluation. With the tokenizer's chat template
+(:class:`~lead_lightning.data.templates.ChatTemplate`) the prompt is the rendered conversation up to
+its generation prompt (the template's own special tokens, no others added) and the closing token is
+the template's end of turn (SmolLM2: ``<|im_end|>``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from lead_lightning.data.records import InstructionRecord
-from lead_lightning.data.templates import PromptTemplate, get_template
+from lead_lightning.data.templates import ChatTemplate, PromptTemplate, get_template
 
 __all__ = [
     "IGNORE_INDEX",
@@ -54,13 +57,17 @@ def _eos_id(tokenizer: PreTrainedTokenizerBase) -> int:
 def tokenize_records(
     records: Sequence[InstructionRecord],
     tokenizer: PreTrainedTokenizerBase,
-    template: str | PromptTemplate = "tulu",
+    template: str | PromptTemplate = "auto",
     chunk_size: int = 1024,
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of every record's rendered prompt and of its response followed by eos.
 
     The prompt gets the tokenizer's leading special tokens (e.g. BOS) if it adds any; the response gets
-    none but a final eos. Fast tokenizers process ``chunk_size`` texts per call.
+    none but a final eos. Fast tokenizers process ``chunk_size`` texts per call. With a chat template
+    (``template="chat"``, or the default ``"auto"`` for a tokenizer that has one) the prompt holds
+    only what the template renders and the response ends with the template's end-of-turn token
+    (:meth:`ChatTemplate.end_of_turn_id`); the template is checked to render a reply as its
+    generation prompt followed by the reply (:meth:`ChatTemplate.reply_suffix`), else this is an error.
 
     Example:
         >>> from lead_lightning.models import train_bpe_tokenizer
@@ -69,14 +76,17 @@ def tokenize_records(
         >>> tok.decode(p[0]), tok.decode(r[0])
         ('<|user|>\\nAdd: 2 + 3\\n<|assistant|>\\n', '5<eos>')
     """
-    tmpl = get_template(template)
-    eos, eos_text = _eos_id(tokenizer), tokenizer.eos_token
-    prefix = _special_prefix(tokenizer)
+    tmpl = get_template(template, tokenizer)
+    eos_text = tokenizer.eos_token
+    if isinstance(tmpl, ChatTemplate):  # the template renders its own BOS / special tokens
+        eos, prefix = tmpl.end_of_turn_id(tokenizer), []
+    else:
+        eos, prefix = _eos_id(tokenizer), _special_prefix(tokenizer)
     prompt_ids: list[list[int]] = []
     response_ids: list[list[int]] = []
     for start in range(0, len(records), chunk_size):
         chunk = records[start : start + chunk_size]
-        prompts = [tmpl.render_prompt(r.prompt, r.messages, eos_text) for r in chunk]
+        prompts = [tmpl.render_prompt(r.prompt, r.messages, eos_text, tokenizer) for r in chunk]
         enc_p = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         enc_r = tokenizer([r.response for r in chunk], add_special_tokens=False)["input_ids"]
         prompt_ids.extend(prefix + list(p) for p in enc_p)
@@ -136,7 +146,8 @@ class InstructionCollator:
     Args:
         tokenizer: Hugging Face tokenizer with an eos token (pad falls back to eos).
         max_length: longest sequence, in tokens.
-        template: template name or object; must match the one used to pre-tokenize.
+        template: template name or object; ``"auto"`` (default): the tokenizer's chat template when
+            it has one, else ``"tulu"``; must match the one used to pre-tokenize.
         truncation: what to do with an example longer than ``max_length``: ``"error"`` (default)
             cuts the response end but raises if no response token remains; ``"exclude"`` counts and
             drops such an example from the batch; ``"truncate_prompt"`` drops the prompt start first.
@@ -161,7 +172,7 @@ class InstructionCollator:
         self,
         tokenizer: PreTrainedTokenizerBase,
         max_length: int,
-        template: str | PromptTemplate = "tulu",
+        template: str | PromptTemplate = "auto",
         truncation: Truncation = "error",
         response_only: bool = False,
         pad_to_multiple_of: int | None = None,
@@ -174,7 +185,7 @@ class InstructionCollator:
             raise ValueError(f"`pad_to_multiple_of` must be >= 1 or None, got {pad_to_multiple_of!r}.")
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.template = get_template(template)
+        self.template = get_template(template, tokenizer)
         self.truncation: Truncation = truncation
         self.response_only = response_only
         self.pad_to_multiple_of = pad_to_multiple_of

@@ -38,7 +38,9 @@ class InstructionDataModule(pl.LightningDataModule):
         train_records: the pool, in pool-id order.
         tokenizer: Hugging Face tokenizer with an eos token.
         val_records: optional held-out records (e.g. GSM8K test) for ``val/loss``.
-        template: prompt template name or object, the same for every stage.
+        template: prompt template name or object, the same for every stage; ``"chat"``: the
+            tokenizer's chat template; ``"auto"`` (default): that when the tokenizer has one, else
+            ``"tulu"``.
         max_length: longest sequence in tokens.
         batch_size: training batch size.
         eval_batch_size: validation and predict batch size (default ``batch_size``).
@@ -65,7 +67,7 @@ class InstructionDataModule(pl.LightningDataModule):
         train_records: Sequence[InstructionRecord],
         tokenizer: PreTrainedTokenizerBase,
         val_records: Sequence[InstructionRecord] | None = None,
-        template: str | PromptTemplate = "tulu",
+        template: str | PromptTemplate = "auto",
         max_length: int = 512,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
@@ -84,11 +86,11 @@ class InstructionDataModule(pl.LightningDataModule):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
         self.save_hyperparameters(ignore=["train_records", "val_records", "tokenizer", "template"])
-        self.hparams["template"] = get_template(template).name  # a plain str: weights_only-safe
+        self.template = get_template(template, tokenizer)  # "chat"/"auto" resolved from the tokenizer
+        self.hparams["template"] = self.template.name  # a plain str: weights_only-safe
         self.train_records = train_records
         self.val_records = val_records
         self.tokenizer = tokenizer
-        self.template = get_template(template)
         self.max_length = max_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size

@@ -43,7 +43,9 @@ class InstructionDataset(Dataset[dict[str, Any]]):
     Args:
         records: the pool, in pool-id order.
         tokenizer: Hugging Face tokenizer with an eos token.
-        template: prompt template name or object (the same one everywhere).
+        template: prompt template name or object (the same one everywhere); ``"auto"`` (default): the
+            tokenizer's chat template when it has one, else ``"tulu"`` (see
+            :func:`~lead_lightning.data.templates.get_template`).
         max_length: the collator's ``max_length``; when given, :attr:`lengths` is clipped to it and
             :meth:`truncation_report` can be called without an argument.
 
@@ -62,13 +64,13 @@ class InstructionDataset(Dataset[dict[str, Any]]):
         self,
         records: Sequence[InstructionRecord],
         tokenizer: PreTrainedTokenizerBase,
-        template: str | PromptTemplate = "tulu",
+        template: str | PromptTemplate = "auto",
         max_length: int | None = None,
     ) -> None:
         if len(records) == 0:
             raise ValueError("`records` is empty: the pool must hold at least one example.")
         self.records = records
-        self.template = get_template(template)
+        self.template = get_template(template, tokenizer)
         self.max_length = max_length
         prompt_ids, response_ids = tokenize_records(records, tokenizer, self.template)
         self._prompt = _Ragged(prompt_ids)

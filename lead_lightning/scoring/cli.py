@@ -56,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--template", default="tulu")
+    ap.add_argument(
+        "--template",
+        default="auto",
+        help="tulu | alpaca | chat (the tokenizer's chat template) | auto (chat if the tokenizer has one, else tulu)",
+    )
     ap.add_argument("--devices", type=int, default=1)
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument("--seed", type=int, default=0)
@@ -121,7 +125,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         records,
         model,
         tokenizer,
-        template=args.template,
+        template=dm.template,  # "auto"/"chat" resolved from the tokenizer
         max_length=args.max_length,
         seed=args.seed,
         embed=embed,
@@ -162,7 +166,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "n_records": len(records),
         "cluster_input": {"label": "group"}.get(args.clusters, args.clusters),
         "model": args.model or "tiny_causal_lm",
-        "template": args.template,
+        "template": dm.template.name,
         "max_length": args.max_length,
         "seed": args.seed,
         "source": "lead-score",
