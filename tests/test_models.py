@@ -238,3 +238,14 @@ def test_cosine_and_warmup_schedules(model):
         [0.25, 0.5, 0.75, 1, 1, 1]
     )
     assert lr_multiplier(100, "constant") == 1.0
+
+
+def test_module_starts_in_training_mode_even_from_a_pretrained_checkpoint(tmp_path):
+    """`from_pretrained` returns eval mode; LoRA dropout must be active while training."""
+    from lead_lightning.models import CausalLMModule, LoraSettings, load_causal_lm, tiny_causal_lm
+
+    tiny_causal_lm(64, hidden_size=16).save_pretrained(tmp_path / "ckpt")
+    net = load_causal_lm(tmp_path / "ckpt")
+    assert not net.training  # what transformers gives
+    module = CausalLMModule(model=net, lora=LoraSettings(r=2, dropout=0.1))
+    assert all(m.training for m in module.modules())

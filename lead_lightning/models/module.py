@@ -175,6 +175,9 @@ class CausalLMModule(pl.LightningModule):
             from peft import get_peft_model
 
             net = get_peft_model(net, lora.to_peft())  # type: ignore[arg-type]
+        # `from_pretrained` returns a model in eval mode and Lightning keeps submodules' modes, so
+        # dropout (LoRA's included) would stay off while training: start in training mode.
+        net.train()
         self.model: torch.nn.Module = net
 
     # ------------------------------------------------------------------ steps
