@@ -9,8 +9,10 @@ selection callback already logs the round's numbers under ``lead/``; this adds
 - with a :class:`~lightning.pytorch.loggers.WandbLogger`: IDU histograms of the pool and of the
   round's selection every round, and at the end a cluster x round selection heatmap, a per-cluster
   table and the plots;
-- at the end, ``out_dir/plots/*.png`` (arm probabilities, selection timeline, budget, eval loss)
-  and ``out_dir/history.json`` (the rounds, the validation losses, the cluster names).
+- after every round and at the end, ``out_dir/history.json`` (the rounds, the validation losses, the
+  cluster names) and ``out_dir/plots/*.png`` (arm probabilities, selection timeline, budget, eval
+  loss), each replaced atomically, so a killed run leaves them complete and up to date; the loggers
+  are flushed too (``metrics.csv``). Its evaluations are in the checkpoint: a resumed run continues them.
 
 The plot functions take plain lists and return :class:`matplotlib.figure.Figure` objects drawn
 without pyplot (the Agg canvas; no display needed), so they also work on a saved ``history.json``.
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,8 +151,26 @@ def write_plots(
     paths = {}
     for name, fig in figures.items():
         paths[name] = out / f"{name}.png"
-        fig.savefig(paths[name], dpi=110)
+        tmp = out / f".{name}.png.tmp"
+        fig.savefig(tmp, dpi=110, format="png")
+        tmp.replace(paths[name])  # a reader (or a killed run) never sees half a picture
     return paths
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON (non-finite floats as ``null``), atomically.
+
+    Example:
+        >>> import tempfile
+        >>> p = write_json(Path(tempfile.mkdtemp()) / "h.json", {"loss": float("nan"), "round": 1})
+        >>> json.loads(p.read_text())
+        {'loss': None, 'round': 1}
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_json_safe(data), indent=1))
+    tmp.replace(path)
+    return path
 
 
 def cluster_table(
@@ -238,10 +260,16 @@ class LeadReportCallback(Callback):
     Args:
         selection: the callback whose ``history`` is reported (``LeadSelectionCallback`` or a baseline).
         cluster_names: a name per cluster (bandit arm) for tables and plots.
-        out_dir: where ``history.json`` and ``plots/*.png`` are written at the end of fit (``None``: nowhere).
-        plots: write the PNG plots.
+        out_dir: where ``history.json`` and ``plots/*.png`` are written after every round and at the end
+            of fit (``None``: nowhere).
+        plots: write the PNG plots. Drawing them takes about half a second, so between round ends they
+            are redrawn only once that cost is below 5% of the time since they were last drawn (every
+            round of a real run; every few rounds of a tiny one); the end of fit always draws them.
         wandb_media: with a ``WandbLogger``, also log histograms, heatmap, table and plots.
     """
+
+    PLOT_SHARE = 0.05
+    """Largest share of the wall time spent redrawing the plots between round ends."""
 
     def __init__(
         self,
@@ -265,6 +293,16 @@ class LeadReportCallback(Callback):
         self.paths: dict[str, Path] = {}
         self._reported = 0
         self._subset: torch.Tensor | None = None
+        self._plot_cost = 0.0  # seconds the last drawing of the plots took
+        self._plotted_at = -math.inf  # when it ended (time.monotonic)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The evaluations so far and the rounds already logged (a resumed run continues both)."""
+        return {"evals": [dict(e) for e in self.evals], "reported": self._reported}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.evals = [dict(e) for e in state_dict.get("evals", [])]
+        self._reported = int(state_dict.get("reported", 0))
 
     @staticmethod
     def _wandb_loggers(trainer: pl.Trainer) -> list[Any]:
@@ -293,6 +331,36 @@ class LeadReportCallback(Callback):
         while self._reported < len(history):
             self._log_round(trainer, history[self._reported])
             self._reported += 1
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                lg.save()  # metrics.csv holds this round too
+            due = time.monotonic() - self._plotted_at >= self._plot_cost / self.PLOT_SHARE
+            self._write_outputs(plots=self.plots and due)
+
+    def _write_outputs(self, plots: bool) -> None:
+        """``history.json`` and (with ``plots``) the PNG plots, each replaced atomically (rank 0 calls it)."""
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        record = {
+            "history": self.selection.history,
+            "evals": self.evals,
+            "cluster_names": self.cluster_names,
+            "stop_reason": self.selection.stop_reason,
+            "budget": self.selection.budget,
+        }
+        write_json(self.out_dir / "history.json", record)
+        if plots:
+            t0 = time.monotonic()
+            self.paths = write_plots(
+                self.selection.history,
+                self.evals,
+                self.out_dir / "plots",
+                self.cluster_names,
+                self.selection.budget,
+            )
+            self._plotted_at = time.monotonic()
+            self._plot_cost = self._plotted_at - t0
 
     def _log_round(self, trainer: pl.Trainer, e: Mapping[str, Any]) -> None:
         if not trainer.is_global_zero:
@@ -319,21 +387,7 @@ class LeadReportCallback(Callback):
         if not trainer.is_global_zero:
             return
         history = self.selection.history
-        budget = self.selection.budget
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            record = {
-                "history": history,
-                "evals": self.evals,
-                "cluster_names": self.cluster_names,
-                "stop_reason": self.selection.stop_reason,
-                "budget": budget,
-            }
-            (self.out_dir / "history.json").write_text(json.dumps(_json_safe(record), indent=1))
-            if self.plots:
-                self.paths = write_plots(
-                    history, self.evals, self.out_dir / "plots", self.cluster_names, budget
-                )
+        self._write_outputs(plots=self.plots)
         if not self.wandb_media:
             return
         for lg in self._wandb_loggers(trainer):

@@ -52,6 +52,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from lead_lightning.app.builders import build_datamodule, build_selection
     from lead_lightning.app.offline import build_pool
+    from lead_lightning.app.resume import resolve_resume, run_callbacks
     from lead_lightning.app.runtime import ddp_job_of_a_sweep, finish_loggers
     from lead_lightning.monitors import RunMonitors
     from lead_lightning.report import LeadReportCallback
@@ -63,6 +64,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     if not is_relaunched_rank():  # ranks > 0 write into rank 0's directory: the same run
         check_run_dir(out_dir, resuming=resumes(cfg))
+    ckpt_path = resolve_resume(cfg.resume, out_dir)  # resume=auto | <file>: found before any work
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     split = instantiate(cfg.data.records)
@@ -80,16 +82,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     loggers = make_loggers(cfg)
     monitors = RunMonitors(split.train, records, split.flags, split.val, val_groups=cfg.report.val_groups)
-    callbacks = [selection, report, *monitors.callbacks]
+    checkpointing = bool(cfg.trainer.get("enable_checkpointing", True))
+    resumable = run_callbacks(out_dir, loggers, checkpointing, cfg.checkpoint.every_n_steps)
+    callbacks = [selection, report, *monitors.callbacks, *resumable]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for lg in loggers:
         lg.log_hyperparams({**resolved, "overrides": job_overrides(), "pool_size": len(pool)})  # type: ignore[dict-item]
 
     with ddp_job_of_a_sweep(trainer):
-        if cfg.validate_before and split.val:
+        if cfg.validate_before and split.val and ckpt_path is None:  # a resumed run has it in its state
             trainer.validate(module, datamodule=dm, verbose=False)
-        trainer.fit(module, datamodule=dm)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
 
     finish_loggers(loggers)
     val = trainer.callback_metrics.get("val/loss")
@@ -149,12 +153,15 @@ def _run_baseline(cfg: DictConfig, lead: dict[str, Any]) -> None:
 
 def _hydra_task(cfg: DictConfig) -> float:
     import torch
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     try:
         result = train(cfg)
         if _compare(cfg):
             _run_baseline(cfg, result)
         return result["val_loss"]
+    except SIGTERMException as err:  # stopped by a signal: never exit 0 (Lightning's own has status 0)
+        raise SystemExit(err.code or 143) from err
     finally:
         # A gloo/NCCL group left to interpreter shutdown can abort the process after the work is done.
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -31,6 +31,7 @@ __all__ = [
     "check_complete",
     "check_run_dir",
     "claim_run_dir",
+    "continue_run",
     "ddp_job_of_a_sweep",
     "echo",
     "finish_loggers",
@@ -156,8 +157,78 @@ def claim_run_dir(directory: str | os.PathLike[str], *, key: str, resuming: bool
 
 
 def resumes(config: DictConfig) -> bool:
-    """Whether the config continues an earlier run (a non-empty ``resume``; absent: ``False``)."""
+    """Whether the config starts from a checkpoint (a non-empty ``resume``; absent: ``False``).
+
+    Such a run may write into a directory that holds a run's outputs (``check_run_dir``); which
+    directory it continues is :class:`RunDirGuard`'s decision.
+    """
     return bool(OmegaConf.select(config, "resume", default=None))
+
+
+def _continues_in_place(resume: Any, directory: Path) -> bool:
+    """``resume=auto``, or a checkpoint file inside ``directory``: the run in ``directory`` goes on."""
+    if not resume:
+        return False
+    if resume == "auto":
+        return True
+    return Path(str(resume)).expanduser().resolve().is_relative_to(directory.resolve())
+
+
+def _running(pid: Any) -> bool:
+    """Whether ``pid`` (on this host) is a live process, and (where ``/proc`` tells) a lead_lightning one."""
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    try:
+        return not cmdline.exists() or b"lead" in cmdline.read_bytes()
+    except OSError:
+        return True
+
+
+def continue_run(directory: str | os.PathLike[str], *, key: str) -> Path:
+    """Make ``directory``, which holds an earlier run, this process's again (``resume``).
+
+    Fails when it holds no run, or when that run is still running on this host; else records this
+    process in its claim :data:`RUN_MARKER` (atomically), so that a third process sees it running.
+
+    Args:
+        directory: The run's (or the sweep's) directory.
+        key: The config key that named it (``hydra.run.dir`` / ``hydra.sweep.dir``), for the message.
+
+    Returns:
+        The directory.
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no run.
+        FileExistsError: the run in ``directory`` is still running.
+    """
+    directory = Path(directory)
+    marker = directory / RUN_MARKER
+    if not marker.is_file() and not _traces(directory):
+        raise FileNotFoundError(
+            f"`resume`: {directory} holds no lead-train run to continue. HINT: name the run's directory,"
+            f" e.g. `lead-train resume=auto {key}=outputs/lead/runs/<run>` (each run prints it at its end)."
+        )
+    info: dict[str, Any] = json.loads(marker.read_text()) if marker.is_file() else {}
+    if info.get("host") == socket.gethostname() and _running(info.get("pid")):
+        raise FileExistsError(
+            f"`{key}` ({directory}) belongs to a run that is still running (pid {info['pid']}, started"
+            f" {info.get('started')}). HINT: stop it first (SIGTERM stops it at the next step and leaves a"
+            " checkpoint), then resume."
+        )
+    resumed = [*info.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")]
+    info.update(pid=os.getpid(), host=socket.gethostname(), argv=sys.argv, resumed=resumed)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(f"{RUN_MARKER}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(marker)
+    return directory
 
 
 class RunDirGuard(Callback):
@@ -167,6 +238,10 @@ class RunDirGuard(Callback):
     rank 0's directory belong to rank 0's run and are let through. A directory held by another run
     ends the process with the error (exit code 1): Hydra turns an exception raised in a callback into
     a warning and runs the job anyway, but lets ``SystemExit`` through.
+
+    With ``resume=auto`` (or ``resume=`` a checkpoint inside the directory) the run in the directory
+    continues: it must hold a run that is not running any more (:func:`continue_run`). With
+    ``resume=`` a checkpoint elsewhere, the directory is claimed as for a new run.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -179,9 +254,13 @@ class RunDirGuard(Callback):
     def _claim(config: DictConfig, key: str) -> None:
         if is_relaunched_rank():
             return
+        directory = Path(str(OmegaConf.select(config, key)))
         try:
-            claim_run_dir(str(OmegaConf.select(config, key)), key=key, resuming=resumes(config))
-        except FileExistsError as e:
+            if _continues_in_place(OmegaConf.select(config, "resume", default=None), directory):
+                continue_run(directory, key=key)
+            else:
+                claim_run_dir(directory, key=key)
+        except (FileExistsError, FileNotFoundError) as e:
             raise SystemExit(f"Error: {e}") from e
 
 
@@ -259,13 +338,34 @@ def echo(logger: logging.Logger, text: str) -> None:
         print(text, flush=True)
 
 
+_CSV_LOGGERS = ("lightning.pytorch.loggers.CSVLogger", "lightning.pytorch.loggers.csv_logs.CSVLogger")
+_WANDB_LOGGERS = ("lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.wandb.WandbLogger")
+
+
 def make_loggers(cfg: DictConfig) -> list[Any]:
-    """Every logger of the ``logger`` group (a dict of ``_target_`` configs, or null)."""
+    """Every logger of the ``logger`` group (a dict of ``_target_`` configs, or null), ready to resume.
+
+    Lightning's ``CSVLogger`` is built as :class:`~lead_lightning.app.resume.ResumableCSVLogger` (a
+    resumed run continues ``metrics.csv``); a ``WandbLogger`` gets the run directory's W&B run id and
+    ``resume="allow"`` (a resumed run logs to the same W&B run), unless the config gives an ``id``.
+    """
     from hydra.utils import instantiate
 
     if not cfg.logger:
         return []
-    return [instantiate(c) for c in cfg.logger.values() if c is not None and "_target_" in c]
+    loggers = []
+    for c in cfg.logger.values():
+        if c is None or "_target_" not in c:
+            continue
+        if c._target_ in _CSV_LOGGERS:
+            loggers.append(instantiate(c, _target_="lead_lightning.app.resume.ResumableCSVLogger"))
+        elif c._target_ in _WANDB_LOGGERS and not c.get("id"):
+            from lead_lightning.app.resume import wandb_run_id
+
+            loggers.append(instantiate(c, id=wandb_run_id(cfg.paths.output_dir), resume="allow"))
+        else:
+            loggers.append(instantiate(c))
+    return loggers
 
 
 def finish_loggers(loggers: list[Any]) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "ModelConfig",
     "PoolConfig",
     "BanditConfig",
+    "CheckpointConfig",
     "selection_nodes",
     "TrainConfig",
     "register_configs",
@@ -118,6 +119,13 @@ class PoolConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Checkpoints of a run (with ``trainer.enable_checkpointing``): ``<run dir>/checkpoints/``."""
+
+    every_n_steps: int = 0  # also every N optimizer steps (0: only at round ends); last.ckpt = the newest
+
+
+@dataclass
 class PathsConfig:
     output_dir: str = "${hydra:runtime.output_dir}"
 
@@ -142,6 +150,8 @@ class TrainConfig:
     validate_before: bool = True
     compare_with: Optional[str] = None  # noqa: UP045 - single LEAD runs: also train this baseline (random | full)
     save_model: bool = False  # write the trained model (LoRA merged) + tokenizer to <output_dir>/model
+    resume: Optional[str] = None  # noqa: UP045 - auto: the newest checkpoint of hydra.run.dir | a .ckpt file
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -12,6 +12,9 @@ tokenizer, template, max length, seed, warm-up settings, embeddings on/off): a r
 inputs resumes, one with other inputs is an error naming what differs (``--overwrite`` starts
 again). The index stores its provenance (fingerprint, records digest), which ``lead-train
 pool.index=...`` checks. ``--out`` is checked before any work.
+
+SIGTERM (a scheduler's stop, ``timeout``) stops scoring after the current batch on every rank; the
+shards written so far stay, the process exits with status 143, and the same command resumes.
 """
 
 from __future__ import annotations
@@ -217,7 +220,12 @@ def _global_rank() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point ``lead-score``."""
-    run(argv)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        run(argv)
+    except SIGTERMException as err:  # ours (status 143) or Lightning's own (status 0: never leave with it)
+        _leave_after_signal(argv, err.code if isinstance(err.code, int) and err.code else 143)
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         # --devices > 1: wait for rank 0's files, tear the process group down, and leave without the
@@ -227,6 +235,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _leave_after_signal(argv: list[str] | None, code: int) -> None:
+    """Say what a signal left behind and exit with ``code`` (at once under DDP: the peers may be gone)."""
+    args = _parser().parse_args(argv)
+    shard_dir = args.shard_dir or (f"{args.out}.shards" if args.devices > 1 else None)
+    kept = (
+        f"the shards written so far are in {shard_dir}; run the same command again to score the rest"
+        if shard_dir
+        else "nothing is kept (no --shard-dir); give --shard-dir to make scoring resumable"
+    )
+    print(f"lead-score stopped by a signal (exit status {code}): {kept}.", file=sys.stderr, flush=True)
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        os._exit(code)  # no barrier or teardown: the other ranks stop on their own
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ With ``shard_dir`` every predict batch is written to its own shard file as soon 
 (each DDP rank writes its own), a rerun after a crash only scores the ids no shard holds yet, and
 the shards are merged once, by id, with a check that no id is missing or duplicated.
 
+On SIGTERM the pass stops after the current batch (its shard written) on every rank and raises
+:class:`~lead_lightning.signals.StoppedBySignal` (exit status 143): a rerun scores only what is left
+(:class:`~lead_lightning.signals.GracefulStop`).
+
 Under DDP (``devices > 1``, ``shard_dir`` required): inside ``Trainer.predict``, after the process
 group is up, rank 0 reads the shard directory and broadcasts the ids left to score, so every rank
 predicts a disjoint part of the same list; Lightning's predict sampler splits it without padding. All
@@ -36,6 +40,7 @@ from torch.utils.data import DataLoader, SequentialSampler, Subset
 from lead_lightning.losses import lm_losses
 from lead_lightning.scoring.common import hf_model, offline_trainer_kwargs
 from lead_lightning.scoring.warmup import WARMUP_KEYS, warmup_lora
+from lead_lightning.signals import GracefulStop
 
 __all__ = [
     "FINGERPRINT_FILE",
@@ -462,7 +467,7 @@ def _score(
     kwargs = offline_trainer_kwargs(trainer_kwargs)
 
     if shard_dir is None:
-        trainer = pl.Trainer(**kwargs)
+        trainer = pl.Trainer(callbacks=[*kwargs.pop("callbacks", []), GracefulStop()], **kwargs)
         if trainer.world_size > 1:
             raise ValueError(
                 "Scoring on several devices needs a `shard_dir` (each rank writes its shards there)."
@@ -476,7 +481,11 @@ def _score(
     # DDP script), the decision is still left to rank 0's broadcast inside `predict`.
     dist_up = torch.distributed.is_available() and torch.distributed.is_initialized()
     if dist_up or _pending_ids(shard_dir, n, excluded):
-        callbacks = [*kwargs.pop("callbacks", []), ShardWriter(shard_dir)]
+        callbacks = [
+            *kwargs.pop("callbacks", []),
+            ShardWriter(shard_dir),
+            GracefulStop(),
+        ]  # stop after the write
         trainer = pl.Trainer(callbacks=callbacks, **kwargs)
         source = _PendingIdsDataModule(datamodule, shard_dir, n, excluded)
         trainer.predict(module, datamodule=source, return_predictions=False)
