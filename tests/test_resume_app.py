@@ -160,6 +160,11 @@ def test_resume_auto_refuses_a_run_that_is_still_running(tmp_path, rank0):  # no
     claim_run_dir(tmp_path, key="hydra.run.dir")  # this process's own claim: its pid is alive
     marker = json.loads((tmp_path / RUN_MARKER).read_text())
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # lead_lightning"])
+    cmdline = Path(f"/proc/{live.pid}/cmdline")
+    for _ in range(200):  # a loaded machine may not have exec'd the child yet: wait for its command line
+        if not cmdline.exists() or b"lead" in cmdline.read_bytes():
+            break
+        time.sleep(0.05)
     try:
         (tmp_path / RUN_MARKER).write_text(json.dumps({**marker, "pid": live.pid}))
         with pytest.raises(SystemExit, match=rf"still running \(pid {live.pid}"):
