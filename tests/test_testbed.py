@@ -117,6 +117,7 @@ def test_missing_gsm8k_is_skipped_with_a_warning_or_an_error(tmp_path, caplog): 
     ("kwargs", "match"),
     [
         ({"split": "val"}, "`split` must be"),
+        ({"split": "reference", "reference_size": -1}, "`reference_size`"),
         ({"families": {"copy": 1.0, "poetry": 1.0}}, "unknown: \\['poetry'\\]"),
         ({"families": {"copy": 0.0}}, "no family a share > 0"),
         ({"noisy_families": ["sort"]}, "`noisy_families` \\['sort'\\]"),
@@ -153,3 +154,62 @@ def test_perturbations_keep_the_words():
         assert p != "Reverse the word: abc" and norm(p) == norm("Reverse the word: abc")
     dups, src = near_duplicates(generate_family("copy", 5), 5)
     assert sorted(src) == [0, 1, 2, 3, 4]
+
+
+# The records digests (lead_lightning.scoring.records_digest, what keys the score caches) of the default
+# testbed's parts, computed before the reference split existed: adding a part must not change them.
+DEFAULT_DIGESTS = {
+    "pool": "3932bf067acd069cfcf91ab50db782ef0104f7bedf5eb3b4edfd0e2fb7a4692c",
+    "val": "65c90cda0c689fee6a4c44e8c39e44ef1582f901f7f0d19d2fe52b2e611a9cd5",
+    "pretrain": "5aea9c65bf150da5ca6d4f4cf31b35c9e8e077b0c6499a9f3eaa006a7e78fe3d",
+}
+DEFAULT_FLAGS_SHA = "73b9aa682e03a499"  # sha256 of the pool's flags as sorted JSON, first 16 hex digits
+
+
+def test_the_default_pool_val_and_pretrain_splits_are_unchanged():
+    import hashlib
+    import json
+
+    from lead_lightning.scoring import records_digest
+
+    pool, pre = make_testbed(), make_testbed(split="pretrain")
+    assert records_digest(pool.train) == DEFAULT_DIGESTS["pool"]
+    assert records_digest(pool.val) == DEFAULT_DIGESTS["val"]
+    assert records_digest(pre.train) == DEFAULT_DIGESTS["pretrain"]
+    assert records_digest(pre.val) == DEFAULT_DIGESTS["val"]
+    flags = hashlib.sha256(json.dumps(pool.flags, sort_keys=True).encode()).hexdigest()[:16]
+    assert flags == DEFAULT_FLAGS_SHA
+
+
+def test_reference_split_is_clean_in_the_pool_shares_and_disjoint_from_every_other_split():
+    pool = make_testbed(**SMALL)
+    pre = make_testbed(**SMALL, split="pretrain")
+    ref = make_testbed(**SMALL, split="reference", reference_size=200)
+    assert len(ref.train) == 200 and ref.val == pool.val and ref.flags == {}
+    counts = Counter(r.group for r in ref.train)
+    total = sum(TESTBED_FAMILIES.values())
+    for family, share in TESTBED_FAMILIES.items():
+        assert abs(counts[family] - share / total * 200) <= 1
+    assert all(r.response == truth(r.prompt) for r in ref.train)  # no planted noise
+    prompts = [norm(r.prompt) for r in ref.train]
+    assert len(set(prompts)) == len(prompts)  # no near-duplicates
+    for other in (pool.train, pool.val, pre.train):
+        assert not set(prompts) & {norm(r.prompt) for r in other}
+    assert make_testbed(**SMALL, split="reference", reference_size=200) == ref  # deterministic
+    # its size changes no other split
+    assert make_testbed(**SMALL, reference_size=7) == pool
+    assert make_testbed(**SMALL, split="pretrain", reference_size=7) == pre
+    with pytest.raises(ValueError, match="`reference_size`"):
+        make_testbed(**SMALL, split="reference", reference_size=0)
+
+
+@pytest.mark.skipif(not (GSM8K_DIR / "gsm8k" / "train.jsonl").is_file(), reason="no local GSM8K copy")
+def test_gsm8k_reference_problems_are_training_problems_in_neither_pool_nor_pretrain():
+    kw = {**SMALL, "families": {"copy": 0.8, "gsm8k": 0.2}, "noisy_families": [], "data_dir": GSM8K_DIR}
+    pool, pre = make_testbed(**kw), make_testbed(**kw, split="pretrain")
+    ref = make_testbed(**kw, split="reference", reference_size=100)
+    gsm = {r.prompt for r in ref.train if r.group == "gsm8k"}
+    assert len(gsm) == 20
+    assert not gsm & (
+        {r.prompt for r in pool.train} | {r.prompt for r in pre.train} | {r.prompt for r in pool.val}
+    )

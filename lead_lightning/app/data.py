@@ -134,7 +134,9 @@ TESTBED_FAMILIES: dict[str, float] = {
 """The testbed's default families and their shares of the pool: sizes and difficulties differ.
 (``gsm8k`` may be added with a share; its long examples cost a tiny model ~6x the CPU time per step.)"""
 
-_SEED_OFFSETS = {"pool": 0, "noise": 1, "duplicates": 2, "eval": 3, "pretrain": 4}
+_SEED_OFFSETS = {"pool": 0, "noise": 1, "duplicates": 2, "eval": 3, "pretrain": 4, "reference": 5}
+"""Each part's seed is ``seed * 1009 + offset``: a new part takes a new offset, so the parts that
+exist keep their records (the study's score caches are keyed by them)."""
 
 
 def _counts(weights: Mapping[str, float], total: int) -> dict[str, int]:
@@ -166,6 +168,7 @@ def testbed_split(
     data_dir: str | PathLike[str] | None = None,
     on_missing: str = "skip",
     seed: int = 0,
+    reference_size: int = 500,
 ) -> Split:
     """The study testbed: a structured pool with planted noise and near-duplicates, clean held-out
     examples per family, and a disjoint clean pre-training split for the base model.
@@ -185,9 +188,15 @@ def testbed_split(
     - **Pre-training** (``split="pretrain"``: ``train`` is this split, ``val`` the same held-out set):
       ``pretrain_size`` clean examples in the same family shares, prompts disjoint from the pool and
       the held-out set (GSM8K: training problems not in the pool).
+    - **Reference** (``split="reference"``: ``train`` is this split, ``val`` the same held-out set):
+      ``reference_size`` clean examples in the same family shares (no planted noise, no duplicates),
+      prompts disjoint from the pool, the held-out set and the pre-training split (GSM8K: training
+      problems in neither the pool nor the pre-training split). A model trained on it gives each pool
+      example's *reference loss* for RHO-LOSS selection (Mindermann et al., ICML 2022; see
+      :func:`~lead_lightning.scoring.reference_losses`).
 
-    Every part has its own seed derived from ``seed``, so the pool, held-out and pre-training
-    examples never depend on each other's sizes.
+    Every part has its own seed derived from ``seed``, so the pool, held-out, pre-training and
+    reference examples never depend on each other's sizes.
 
     Args:
         pool_size: examples in the pool, near-duplicates included.
@@ -197,10 +206,12 @@ def testbed_split(
         duplicate_share: share of the pool that is near-duplicates.
         eval_per_family: held-out clean examples per family.
         pretrain_size: examples in the pre-training split.
-        split: ``"pool"`` (train = the pool) or ``"pretrain"`` (train = the pre-training split).
+        split: ``"pool"`` (train = the pool), ``"pretrain"`` (train = the pre-training split) or
+            ``"reference"`` (train = the reference split).
         data_dir: directory holding ``gsm8k/train.jsonl`` and ``gsm8k/test.jsonl``.
         on_missing: ``"skip"`` or ``"error"`` when a family's data files are absent.
         seed: the testbed's seed.
+        reference_size: examples in the reference split.
 
     Example:
         >>> s = testbed_split(200, families={"copy": 0.5, "add": 0.5}, noisy_families=["add"],
@@ -211,9 +222,15 @@ def testbed_split(
         ...                   eval_per_family=5, pretrain_size=40, split="pretrain")
         >>> len(p.train), p.val == s.val, {r.prompt for r in p.train} & {r.prompt for r in s.train}
         (40, True, set())
+        >>> r = testbed_split(200, families={"copy": 0.5, "add": 0.5}, noisy_families=["add"],
+        ...                   eval_per_family=5, pretrain_size=40, split="reference", reference_size=30)
+        >>> len(r.train), r.val == s.val, r.flags, {x.prompt for x in r.train} & {x.prompt for x in p.train}
+        (30, True, {}, set())
     """
-    if split not in ("pool", "pretrain"):
-        raise ValueError(f"`split` must be 'pool' or 'pretrain', got {split!r}.")
+    if split not in ("pool", "pretrain", "reference"):
+        raise ValueError(f"`split` must be 'pool', 'pretrain' or 'reference', got {split!r}.")
+    if not isinstance(reference_size, int) or reference_size < 1:
+        raise ValueError(f"`reference_size` must be a positive int, got {reference_size!r}.")
     if on_missing not in ("skip", "error"):
         raise ValueError(f"`on_missing` must be 'skip' or 'error', got {on_missing!r}.")
     if not 0.0 <= duplicate_share < 1.0:
@@ -271,13 +288,22 @@ def testbed_split(
     val: list[InstructionRecord] = []
     for family in sizes:
         val += draw(family, eval_per_family, "eval", used, gsm_test if family == "gsm8k" else [])
-    if split == "pretrain":
+    if split in ("pretrain", "reference"):
         used |= {r.prompt for r in val}
         pre: list[InstructionRecord] = []
         for family, n in _counts(weights, pretrain_size).items():
             pre += draw(family, n, "pretrain", used, gsm_train)
         random.Random(part("pretrain")).shuffle(pre)
-        return Split(pre, val or None)
+        if split == "pretrain":
+            return Split(pre, val or None)
+        # drawn after the pre-training split, with its own seed: neither the pool, the held-out set
+        # nor the pre-training split depends on it
+        used |= {r.prompt for r in pre}
+        ref: list[InstructionRecord] = []
+        for family, n in _counts(weights, reference_size).items():
+            ref += draw(family, n, "reference", used, gsm_train)
+        random.Random(part("reference")).shuffle(ref)
+        return Split(ref, val or None)
 
     noisy_pool, noisy = plant_noise(base, noisy_families, noisy_share, seed=part("noise"))
     copies, sources = near_duplicates(noisy_pool, n_dup, seed=part("duplicates"))
