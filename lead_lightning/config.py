@@ -34,6 +34,7 @@ __all__ = [
     "ALLOCATIONS",
     "CLUSTER_HISTORY",
     "REWARD_NORMS",
+    "UTILITIES",
     "FullConfig",
     "IterativeReinferenceConfig",
     "LeadConfig",
@@ -49,6 +50,7 @@ WITHIN = ("idu", "random")
 CLUSTER_HISTORY = ("last", "first")
 ALLOCATIONS = ("single", "proportional")
 REWARD_NORMS = ("history", "round")
+UTILITIES = ("idu", "reducible")
 
 
 def _check_fraction_or_count(name: str, value: Any) -> None:
@@ -277,6 +279,13 @@ class LeadConfig(_Config):
             " (noisy or unlearnable; cf. RHO-LOSS): they are drawn only when nothing else is eligible."
         ),
     )
+    utility: str = field(
+        default="idu",
+        metadata=_help(
+            "Ranking inside clusters: idu (paper) | reducible (IDU minus the pool's reference loss"
+            " `ref_loss`, RHO-LOSS's reducible loss: demotes noisy and unlearnable examples)."
+        ),
+    )
 
     _callback: ClassVar[str] = "lead_lightning.callback:LeadSelectionCallback"
 
@@ -310,6 +319,7 @@ class LeadConfig(_Config):
             "reward_norm": "history",
             "pacing": False,
             "learnability": False,
+            "utility": "idu",
         }
         return cls(**{**paper, **overrides})
 
@@ -358,6 +368,7 @@ class LeadConfig(_Config):
         if eta == "horizon" and self.max_rounds is None:
             raise ValueError("`bandit_eta='horizon'` needs `max_rounds` (the horizon T).")
         _check_choice("reward_norm", self.reward_norm, REWARD_NORMS)
+        _check_choice("utility", self.utility, UTILITIES)
         _check_unit("reward_smoothing", self.reward_smoothing, hi_open=True)
         if self.pacing and self.max_rounds is None:
             raise ValueError("`pacing=True` needs `max_rounds` (the rounds to spread the budget over).")

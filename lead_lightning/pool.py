@@ -2,7 +2,7 @@
 
 One row per example, with a stable id ``0..N-1``: its coarse cluster (a bandit arm), its fine group
 (task / source inside a cluster), and its initial utility ``iu0`` (the base model's response loss).
-Optional columns from offline scoring (``ifd``, ``n_response_tokens``) travel with it.
+Optional columns from offline scoring (``ifd``, ``n_response_tokens``, ``ref_loss``) travel with it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import Tensor
 
 __all__ = ["PoolIndex", "POOL_SCHEMA_VERSION"]
 
-POOL_SCHEMA_VERSION = 1
+POOL_SCHEMA_VERSION = 2  # 2: optional `ref_loss` column (files of version 1 still load)
 _SCHEMA_KEY = "lead_lightning.pool_schema"
 _PROVENANCE_KEY = "lead_lightning.provenance"
 _REQUIRED = ("id", "cluster", "group", "iu0")
@@ -49,6 +49,9 @@ class PoolIndex:
         iu0: initial utility of each example (response loss under the base model): finite, >= 0.
         ifd: optional instruction-following difficulty per example (kept for reporting).
         n_response_tokens: optional response length per example (kept for reporting).
+        ref_loss: optional reference loss per example (finite, >= 0): the response loss under a
+            reference model trained on data disjoint from the example (RHO-LOSS's irreducible-loss
+            estimate; ``selection.utility=reducible`` ranks by IDU minus it).
         provenance: optional description of where the index came from, saved with it: ``lead-score``
             and ``lead-train`` store ``fingerprint`` (of everything that determined the scores and
             clusters, :func:`lead_lightning.scoring.fingerprint`), ``records`` (the records' digest,
@@ -68,6 +71,7 @@ class PoolIndex:
         ifd: Sequence[float] | np.ndarray | Tensor | None = None,
         n_response_tokens: Sequence[int] | np.ndarray | Tensor | None = None,
         provenance: Mapping[str, Any] | None = None,
+        ref_loss: Sequence[float] | np.ndarray | Tensor | None = None,
     ) -> None:
         c = _as_1d("clusters", clusters)
         u = _as_1d("iu0", iu0)
@@ -79,7 +83,7 @@ class PoolIndex:
         if g_arr is not None:
             lengths["groups"] = len(g_arr)
         extra = {}
-        for name, values in (("ifd", ifd), ("n_response_tokens", n_response_tokens)):
+        for name, values in (("ifd", ifd), ("n_response_tokens", n_response_tokens), ("ref_loss", ref_loss)):
             if values is not None:
                 extra[name] = _as_1d(name, values)
                 lengths[name] = len(extra[name])
@@ -103,14 +107,9 @@ class PoolIndex:
         if len(counts) > 32767:
             raise ValueError(f"At most 32767 clusters are supported, got {len(counts)}.")
 
-        u = u.astype(np.float64)
-        bad = ~np.isfinite(u) | (u < 0)
-        if bad.any():
-            idx = np.flatnonzero(bad)
-            raise ValueError(
-                f"`iu0` must be finite and >= 0 (it is a loss); {len(idx)} bad value(s), first at id"
-                f" {int(idx[0])}: {float(u[idx[0]])!r}."
-            )
+        u = _check_loss("iu0", u)
+        if "ref_loss" in extra:
+            extra["ref_loss"] = _check_loss("ref_loss", extra["ref_loss"])
 
         if g_arr is None:
             names: list[Any] = ["all"]
@@ -129,6 +128,9 @@ class PoolIndex:
             torch.from_numpy(extra["n_response_tokens"].astype(np.int64))
             if "n_response_tokens" in extra
             else None
+        )
+        self.ref_loss: Tensor | None = (
+            torch.from_numpy(extra["ref_loss"].astype(np.float32)) if "ref_loss" in extra else None
         )
         self.provenance: dict[str, Any] | None = dict(provenance) if provenance is not None else None
 
@@ -151,10 +153,12 @@ class PoolIndex:
         return torch.bincount(self.clusters, minlength=self.num_clusters)
 
     def fingerprint(self) -> str:
-        """A short hash of clusters, groups and ``iu0``, stored in checkpoints to catch a different pool.
+        """A short hash of clusters, groups, ``iu0`` (and ``ref_loss`` when present), stored in checkpoints
+        to catch a different pool.
 
         ``iu0`` is part of it: a pool with the same clusters but other initial utilities (scored by
-        another model, or on other records) must not resume another pool's selection state.
+        another model, or on other records) must not resume another pool's selection state. So is
+        ``ref_loss``: it ranks examples under ``utility="reducible"``.
 
         Example:
             >>> a = PoolIndex(clusters=[0, 1], iu0=[1.0, 2.0])
@@ -169,6 +173,9 @@ class PoolIndex:
         h.update(self.clusters.numpy().tobytes())
         h.update(self.groups.numpy().tobytes())
         h.update(self.iu0.numpy().tobytes())
+        if self.ref_loss is not None:
+            h.update(b"ref_loss")
+            h.update(self.ref_loss.numpy().tobytes())
         return h.hexdigest()[:16]
 
     def __repr__(self) -> str:
@@ -176,7 +183,7 @@ class PoolIndex:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | PathLike[str]) -> Path:
-        """Write the pool index as a parquet file (columns id, cluster, group, iu0, [ifd, n_response_tokens]).
+        """Write the pool index as a parquet file (columns id, cluster, group, iu0, [ifd, n_response_tokens, ref_loss]).
 
         Example:
             >>> import tempfile, os
@@ -201,6 +208,8 @@ class PoolIndex:
             cols["ifd"] = pa.array(self.ifd.numpy())
         if self.n_response_tokens is not None:
             cols["n_response_tokens"] = pa.array(self.n_response_tokens.numpy())
+        if self.ref_loss is not None:
+            cols["ref_loss"] = pa.array(self.ref_loss.numpy())
         metadata = {_SCHEMA_KEY: str(POOL_SCHEMA_VERSION)}
         if self.provenance is not None:
             metadata[_PROVENANCE_KEY] = json.dumps(self.provenance, sort_keys=True)
@@ -262,9 +271,25 @@ class PoolIndex:
                 if "n_response_tokens" in table.column_names
                 else None,
                 provenance=provenance,
+                ref_loss=col("ref_loss").to_numpy() if "ref_loss" in table.column_names else None,
             )
         except ValueError as err:  # the file is where the bad values are
             raise ValueError(f"{path}: {err}") from None
+
+
+def _check_loss(name: str, values: np.ndarray) -> np.ndarray:
+    """``values`` as float64, checked finite and >= 0 (a loss per example)."""
+    if not np.issubdtype(values.dtype, np.number):
+        raise ValueError(f"`{name}` must hold numbers (a loss per example), got dtype {values.dtype}.")
+    u = values.astype(np.float64)
+    bad = ~np.isfinite(u) | (u < 0)
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        raise ValueError(
+            f"`{name}` must be finite and >= 0 (it is a loss); {len(idx)} bad value(s), first at id"
+            f" {int(idx[0])}: {float(u[idx[0]])!r}."
+        )
+    return u
 
 
 def _group_codes(labels: np.ndarray) -> tuple[list[Any], np.ndarray]:

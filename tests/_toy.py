@@ -20,6 +20,7 @@ class ToyDataset(Dataset):
         self.cluster = torch.arange(n) % clusters
         noise = torch.randn(n, generator=g) * (0.1 + self.cluster.float())
         self.y = self.x @ w + noise
+        self.noise = noise
         self.group = (torch.arange(n) // clusters) % 2
 
     def __len__(self) -> int:
@@ -30,7 +31,9 @@ class ToyDataset(Dataset):
 
     def pool(self) -> PoolIndex:
         iu0 = (self.y**2).float()  # the loss of a zero-initialised model
-        return PoolIndex(clusters=self.cluster, groups=self.group, iu0=iu0)
+        # the irreducible loss (what the true weights leave): RHO-LOSS's reference loss
+        ref = (self.noise**2).float()
+        return PoolIndex(clusters=self.cluster, groups=self.group, iu0=iu0, ref_loss=ref)
 
 
 class ToyModule(pl.LightningModule):
@@ -101,5 +104,6 @@ def all_method_options(rounds: int) -> dict[str, Any]:
         "reward_smoothing": 0.5,
         "pacing": True,
         "learnability": True,
+        "utility": "reducible",
         "max_rounds": rounds,
     }

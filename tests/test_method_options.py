@@ -204,3 +204,87 @@ def test_options_run_inside_lightning(tmp_path):
     assert all(h["arms"] == [0, 1, 2, 3] for h in cb.history)  # every cluster, every round
     assert len({tuple(h["probs"]) for h in cb.history}) > 1  # the bandit learned (full information)
     assert cb.history[-1]["unique_seen"] <= cb.budget
+
+
+def _reference_reducible_draw(idu: list[float], ref: list[float], eligible: list[bool], k: int) -> list[int]:
+    """Top-k of IDU minus reference loss among eligible ids, ties by lower id (written out by hand)."""
+    keyed = [(-(u - r), i) for i, (u, r, ok) in enumerate(zip(idu, ref, eligible, strict=True)) if ok]
+    return sorted(i for _, i in sorted(keyed)[:k])
+
+
+def test_reducible_utility_ranks_by_idu_minus_reference_loss():
+    """RHO-LOSS: a high loss the reference model shares (noise) is not worth training; a high loss the
+    reference model has learnt away is."""
+    iu0 = [5.0, 4.0, 3.0, 2.0, 1.0, 0.5]
+    ref = [4.9, 1.0, 0.5, 1.5, 0.1, 0.4]  # id 0: high loss, but the reference cannot do better (noise)
+    pool = PoolIndex(clusters=torch.zeros(6, dtype=torch.int64), iu0=torch.tensor(iu0), ref_loss=ref)
+    sel = LeadSelector(pool, budget=1.0, sample_rate=2, utility="reducible", history_weight=0.0, max_uses=1)
+    sub = sel.current_subset()
+    assert sorted(sub.tolist()) == _reference_reducible_draw(iu0, ref, [True] * 6, 2) == [1, 2]
+    assert sorted(LeadSelector(pool, budget=1.0, sample_rate=2).current_subset().tolist()) == [0, 1]  # idu
+    recs = RoundRecords(sub, torch.tensor([0.2, 3.5]), torch.zeros(2, dtype=torch.float64))
+    sel.close_round(recs, torch.zeros(4))
+    idu = sel.state.idu.tolist()
+    eligible = (sel.state.uses < 1).tolist()
+    assert sorted(sel.current_subset().tolist()) == _reference_reducible_draw(idu, ref, eligible, 2) == [3, 4]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_reducible_utility_matches_reference_over_rounds(seed):  # noqa: ANN001
+    gen = torch.Generator().manual_seed(seed)
+    n = 40
+    iu0 = torch.rand(n, generator=gen) * 3
+    ref = torch.rand(n, generator=gen) * 3
+    pool = PoolIndex(clusters=torch.zeros(n, dtype=torch.int64), iu0=iu0, ref_loss=ref)
+    sel = LeadSelector(pool, budget=1.0, sample_rate=5, utility="reducible", max_uses=2, shuffle=False)
+    for _ in range(6):
+        idu, uses = sel.state.idu.tolist(), sel.state.uses.tolist()
+        expected = _reference_reducible_draw(idu, pool.ref_loss.tolist(), [u < 2 for u in uses], 5)
+        sub = sel.current_subset()
+        assert sorted(sub.tolist()) == expected
+        loss = torch.rand(len(sub), generator=gen) * 3
+        sel.close_round(
+            RoundRecords(sub, loss, torch.full((len(sub),), 1e-3, dtype=torch.float64)), torch.zeros(4)
+        )
+
+
+def test_reducible_utility_needs_reference_losses():
+    pool = PoolIndex(clusters=[0, 0, 1, 1], iu0=[1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match="no `ref_loss` column"):
+        LeadSelector(pool, utility="reducible")
+    with pytest.raises(ValueError, match="`utility` must be one of"):
+        LeadSelector(pool, utility="rho")
+
+
+def test_reducible_utility_runs_inside_lightning_and_resumes_exactly(tmp_path):
+    ds = ToyDataset(n=160)
+    base = ds.pool()
+    ref = torch.linspace(0.0, 1.0, len(base))
+    pool = PoolIndex(clusters=base.clusters, groups=base.groups, iu0=base.iu0, ref_loss=ref)
+
+    def callback() -> LeadSelectionCallback:
+        return LeadSelectionCallback(
+            pool,
+            budget=0.5,
+            sample_rate=0.3,
+            allocation="proportional",
+            utility="reducible",
+            max_rounds=4,
+            seed=0,
+        )
+
+    cb = callback()
+    make_trainer(tmp_path / "a", [cb], max_epochs=10).fit(ToyModule(), ToyDataModule(ds))
+    assert len(cb.history) == 4
+    # the same run stopped after 2 rounds and resumed from its checkpoint draws the same later subsets
+    first = callback()
+    trainer = make_trainer(tmp_path / "b", [first], max_epochs=2)
+    trainer.fit(ToyModule(), ToyDataModule(ds))
+    ckpt = tmp_path / "b.ckpt"
+    trainer.save_checkpoint(ckpt)
+    resumed = callback()
+    make_trainer(tmp_path / "c", [resumed], max_epochs=10).fit(ToyModule(), ToyDataModule(ds), ckpt_path=ckpt)
+    assert [h["selected_per_cluster"] for h in resumed.history] == [
+        h["selected_per_cluster"] for h in cb.history
+    ]
+    assert torch.equal(resumed.selector.state.idu, cb.selector.state.idu)

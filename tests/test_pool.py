@@ -130,7 +130,11 @@ def test_too_many_clusters():
 @pytest.mark.parametrize("with_optional", [False, True])
 @pytest.mark.parametrize("groups", [None, GROUPS, [3, 1, 3, 7, 1, 1]])
 def test_save_load_round_trip(tmp_path, groups, with_optional):
-    extra = dict(ifd=[0.25, 1.5, 0.75, float("nan"), 0.0, 2.0], n_response_tokens=[5, 0, 7, 1, 2, 300])
+    extra = dict(
+        ifd=[0.25, 1.5, 0.75, float("nan"), 0.0, 2.0],
+        n_response_tokens=[5, 0, 7, 1, 2, 300],
+        ref_loss=[0.5, 0.0, 1.25, 3.0, 0.75, 2.5],
+    )
     pool = PoolIndex(clusters=CLUSTERS, iu0=IU0, groups=groups, **(extra if with_optional else {}))
     path = pool.save(tmp_path / "sub" / "pool.parquet")
     assert path == tmp_path / "sub" / "pool.parquet" and path.exists()
@@ -138,7 +142,7 @@ def test_save_load_round_trip(tmp_path, groups, with_optional):
     table = pq.read_table(path)
     assert table.schema.metadata[b"lead_lightning.pool_schema"] == str(POOL_SCHEMA_VERSION).encode()
     expected_cols = ["id", "cluster", "group", "iu0"] + (
-        ["ifd", "n_response_tokens"] if with_optional else []
+        ["ifd", "n_response_tokens", "ref_loss"] if with_optional else []
     )
     assert table.column_names == expected_cols
 
@@ -153,8 +157,9 @@ def test_save_load_round_trip(tmp_path, groups, with_optional):
         torch.testing.assert_close(back.ifd, pool.ifd, equal_nan=True)
         assert back.n_response_tokens is not None
         assert back.n_response_tokens.tolist() == extra["n_response_tokens"]
+        assert back.ref_loss is not None and back.ref_loss.tolist() == extra["ref_loss"]
     else:
-        assert back.ifd is None and back.n_response_tokens is None
+        assert back.ifd is None and back.n_response_tokens is None and back.ref_loss is None
 
 
 def test_load_accepts_str_path(tmp_path):
@@ -220,6 +225,36 @@ def test_fingerprint_tracks_clusters_groups_and_iu0():
     assert PoolIndex(clusters=swapped, iu0=IU0, groups=GROUPS).fingerprint() != base.fingerprint()
     assert PoolIndex(clusters=CLUSTERS, iu0=IU0, groups=GROUPS[::-1]).fingerprint() != base.fingerprint()
     assert PoolIndex(clusters=CLUSTERS, iu0=IU0).fingerprint() != base.fingerprint()
+
+
+def test_fingerprint_tracks_reference_losses():
+    base = PoolIndex(clusters=CLUSTERS, iu0=IU0, groups=GROUPS)
+    with_ref = PoolIndex(clusters=CLUSTERS, iu0=IU0, groups=GROUPS, ref_loss=[1.0] * 6)
+    assert with_ref.fingerprint() != base.fingerprint()
+    assert (
+        with_ref.fingerprint()
+        != PoolIndex(clusters=CLUSTERS, iu0=IU0, groups=GROUPS, ref_loss=[2.0] * 6).fingerprint()
+    )
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.5, float("inf")])
+def test_reference_losses_must_be_losses(bad):
+    with pytest.raises(
+        ValueError,
+        match=r"`ref_loss` must be finite and >= 0 \(it is a loss\); 1 bad value\(s\), first at id 2",
+    ):
+        PoolIndex(clusters=CLUSTERS, iu0=IU0, ref_loss=[1.0, 1.0, bad, 1.0, 1.0, 1.0])
+
+
+def test_version_1_files_still_load(tmp_path):
+    """An index written before `ref_loss` existed (schema 1) loads, without reference losses."""
+    import pyarrow as pa
+
+    path = tmp_path / "v1.parquet"
+    table = pa.table({"id": list(range(6)), "cluster": CLUSTERS, "group": GROUPS, "iu0": IU0})
+    pq.write_table(table.replace_schema_metadata({"lead_lightning.pool_schema": "1"}), path)
+    back = PoolIndex.load(path)
+    assert back.ref_loss is None and back.iu0.tolist() == IU0
 
 
 def test_repr():

@@ -449,7 +449,7 @@ def test_pool_index_stores_provenance_and_old_files_load(tmp_path, full_scores):
         table.replace_schema_metadata({"lead_lightning.pool_schema": "99"}), tmp_path / "new.parquet"
     )
     with pytest.raises(
-        ValueError, match="pool schema version '99'; this lead_lightning reads versions up to 1"
+        ValueError, match="pool schema version '99'; this lead_lightning reads versions up to 2"
     ):
         PoolIndex.load(tmp_path / "new.parquet")
 

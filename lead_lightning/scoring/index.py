@@ -24,7 +24,7 @@ def build_pool_index(
 ) -> PoolIndex:
     """A :class:`PoolIndex` from :func:`score_pool`'s output (ordered by id) and cluster/group columns.
 
-    ``iu0``, ``ifd`` and ``n_response_tokens`` are taken from ``scores``; an unscored example (``nan``
+    ``iu0``, ``ifd``, ``n_response_tokens`` and (when present) ``ref_loss`` are taken from ``scores``; an unscored example (``nan``
     iu0, e.g. one the datamodule excluded) is an error from :class:`PoolIndex` naming its id.
     ``provenance`` (e.g. ``{"fingerprint": ..., "records": ..., "n_records": ...}``) travels with it.
 
@@ -43,6 +43,7 @@ def build_pool_index(
         ifd=scores.get("ifd"),
         n_response_tokens=scores.get("n_response_tokens"),
         provenance=provenance,
+        ref_loss=scores.get("ref_loss"),
     )
 
 
