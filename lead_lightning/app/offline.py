@@ -11,6 +11,13 @@ cache, or one scoring pass.
   (written atomically) and a later run, sweep job or DDP rank with the same fingerprint loads it
   instead of scoring again. With ``pool.cache=false`` every run scores, and the index is written to
   ``<paths.output_dir>/pool_index.parquet``.
+- ``pool.reference.source`` (``split`` | ``jsonl`` | ``crossfit``; default ``none``): after scoring,
+  RHO-LOSS reference losses (:mod:`lead_lightning.scoring.reference`) become the index's ``ref_loss``
+  column. ``split``: a copy of the model trained on ``data.records`` built again with
+  ``split=<pool.reference.split>`` (the testbed's clean ``reference`` split); ``jsonl``: on the
+  records of ``pool.reference.path``; ``crossfit``: each of ``pool.reference.folds`` folds of the pool
+  scored by a copy trained on the others. The reference settings and records digest join the
+  fingerprint only then, so the cache keys of runs without a reference stay as they were.
 - Under DDP the pool is scored once: the launcher's rank 0 scores and writes the file; the other
   ranks (``LOCAL_RANK``/``RANK`` > 0 with ``WORLD_SIZE`` > 1, known before any trainer exists) wait
   for it (up to ``pool.wait_timeout_s``) and load it, so every rank trains on the same index. With
@@ -34,7 +41,14 @@ if TYPE_CHECKING:
     from lead_lightning.data import InstructionDataModule, InstructionRecord
     from lead_lightning.pool import PoolIndex
 
-__all__ = ["build_pool", "cluster_names", "load_pool_index", "pool_fingerprint_parts", "wait_for_index"]
+__all__ = [
+    "build_pool",
+    "cluster_names",
+    "load_pool_index",
+    "load_reference_records",
+    "pool_fingerprint_parts",
+    "wait_for_index",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +81,24 @@ def build_pool(
     pool_cfg = cfg.pool
     if pool_cfg.index:
         pool = load_pool_index(pool_cfg.index, records, check_provenance=pool_cfg.check_provenance)
+        source = _reference_source(cfg)
+        if source != "none" and getattr(pool, "ref_loss", None) is None:
+            raise ValueError(
+                f"`pool.reference.source={source}` asks for reference losses, but `pool.index={pool_cfg.index}`"
+                " has no `ref_loss` column, and nothing is scored when training from an index file. HINT:"
+                " leave `pool.index` unset so that lead-train scores the pool and computes the reference"
+                " losses (cached), or set `pool.reference.source=none`."
+            )
+        if source != "none":
+            log.info(f"pool: the reference losses are the `ref_loss` column of {pool_cfg.index}")
         log.info(
             f"pool: training from pool.index={pool_cfg.index} ({len(pool)} examples, {pool.num_clusters}"
             " clusters); nothing scored, the `clustering` settings are not used"
         )
         return pool, cluster_names(pool, records, (pool.provenance or {}).get("cluster_input"))
 
-    parts = pool_fingerprint_parts(cfg, module, dm, records)
+    reference = load_reference_records(cfg, records)
+    parts = pool_fingerprint_parts(cfg, module, dm, records, reference_records=reference)
     fp = fingerprint(**parts)
     if pool_cfg.cache:
         path = Path(str(pool_cfg.cache_dir)).expanduser() / f"{fp}.parquet"
@@ -90,7 +115,7 @@ def build_pool(
             log.info(f"pool: loaded the cached pool index {path} (fingerprint {fp[:12]}); nothing scored")
         else:
             t0 = time.perf_counter()
-            pool = _score_and_cluster(cfg, module, dm, records, parts, fp)
+            pool = _score_and_cluster(cfg, module, dm, records, parts, fp, reference)
             pool.save(path)  # atomic (tmp + rename): a waiting rank never reads half a file
             log.info(
                 f"pool: scored {len(pool)} examples in {time.perf_counter() - t0:.1f} s; wrote {path}"
@@ -104,14 +129,21 @@ def pool_fingerprint_parts(
     module: torch.nn.Module,
     dm: InstructionDataModule,
     records: Sequence[InstructionRecord],
+    reference_records: Sequence[InstructionRecord] | None = None,
 ) -> dict[str, Any]:
     """What determines ``lead-train``'s pool index: :func:`~lead_lightning.scoring.scoring_parts`
-    of its records, model, tokenizer and data settings, plus the run's clustering settings."""
+    of its records, model, tokenizer and data settings, plus the run's clustering settings.
+
+    With ``pool.reference.source`` other than ``none`` also ``reference``: its settings, the module's
+    optimizer settings it trains with and the digest of its records (``reference_records``, loaded
+    with :func:`load_reference_records` when not given). Without a reference the parts are exactly
+    what they were before reference losses existed, so existing cache entries keep their keys.
+    """
     from lead_lightning.app.schema import ClusterInput
     from lead_lightning.scoring import scoring_parts
 
     clustering = OmegaConf.to_container(cfg.clustering, resolve=True, enum_to_str=True)
-    return scoring_parts(
+    parts = scoring_parts(
         records,
         module,
         dm.tokenizer,
@@ -123,6 +155,107 @@ def pool_fingerprint_parts(
         warmup=None,
         clustering=clustering,
     )
+    if _reference_source(cfg) != "none":
+        if reference_records is None:
+            reference_records = load_reference_records(cfg, records)
+        parts["reference"] = _reference_parts(cfg, module, dm, reference_records)
+    return parts
+
+
+def _reference_source(cfg: DictConfig) -> str:
+    """``pool.reference.source`` as a string (``"none"`` when the config has no reference node)."""
+    ref = cfg.pool.get("reference")
+    if ref is None:
+        return "none"
+    source = ref.source
+    return str(getattr(source, "value", source))
+
+
+def _reference_parts(
+    cfg: DictConfig,
+    module: torch.nn.Module,
+    dm: InstructionDataModule,
+    reference_records: Sequence[InstructionRecord] | None,
+) -> dict[str, Any]:
+    """The settings a reference-loss column depends on (for the fingerprint and the provenance)."""
+    from lead_lightning.scoring import records_digest
+
+    ref = cfg.pool.reference
+    source = _reference_source(cfg)
+    hparams = getattr(module, "hparams", {})
+    parts: dict[str, Any] = {
+        "source": source,
+        "max_steps": int(ref.max_steps),
+        "lr": float(ref.lr) if ref.lr is not None else None,
+        "batch_size": int(ref.batch_size or dm.batch_size),
+        "seed": int(cfg.seed),
+        "module": {k: hparams[k] for k in sorted(hparams)},  # the optimizer and schedule it trains with
+    }
+    if source == "crossfit":
+        parts["folds"] = int(ref.folds)
+    else:
+        parts["split" if source == "split" else "path"] = str(ref.split if source == "split" else ref.path)
+        parts["records"] = records_digest(reference_records or [])
+    return parts
+
+
+def load_reference_records(
+    cfg: DictConfig, records: Sequence[InstructionRecord]
+) -> list[InstructionRecord] | None:
+    """The records a reference model trains on, as ``pool.reference`` says; ``None`` for ``none`` and
+    ``crossfit`` (which trains on the pool itself).
+
+    ``split``: ``data.records`` instantiated again with ``split=<pool.reference.split>``, its ``train``
+    part; ``jsonl``: the file ``pool.reference.path`` in ``pool.reference.format``. A reference record
+    that is also a pool record (same prompt and response) is warned about: RHO-LOSS assumes the
+    reference never trained on the examples it scores.
+
+    Raises:
+        ValueError: the data source takes no ``split`` argument, ``path`` is missing, no records, or an
+            unknown source.
+    """
+    import inspect
+
+    from hydra.utils import get_method, instantiate
+
+    source = _reference_source(cfg)
+    ref = cfg.pool.reference if source != "none" else None
+    if ref is None or source == "crossfit":
+        return None
+    if source == "split":
+        target = cfg.data.records.get("_target_")
+        params = inspect.signature(get_method(target)).parameters if target else {}
+        if "split" not in params:
+            raise ValueError(
+                f"`pool.reference.source=split` builds `data.records` again with split={ref.split!r}, but"
+                f" its target {target} takes no `split` argument. HINT: use `data=testbed` (its clean"
+                " `reference` split), `pool.reference.source=jsonl pool.reference.path=<clean records>`,"
+                " or `pool.reference.source=crossfit`."
+            )
+        out = list(instantiate(cfg.data.records, split=ref.split).train)
+        where = f"data.records with split={ref.split!r}"
+    elif source == "jsonl":
+        from lead_lightning.data import read_records
+
+        if not ref.path:
+            raise ValueError(
+                "`pool.reference.source=jsonl` needs `pool.reference.path` (a JSONL file of clean records"
+                " disjoint from the pool)."
+            )
+        out = read_records(str(ref.path), format=str(ref.format))
+        where = f"pool.reference.path={ref.path}"
+    else:
+        raise ValueError(f"`pool.reference.source` must be none, split, jsonl or crossfit, got {source!r}.")
+    if not out:
+        raise ValueError(f"The reference records ({where}) are empty.")
+    pool_pairs = {(r.prompt, r.response) for r in records}
+    shared = sum((r.prompt, r.response) in pool_pairs for r in out)
+    if shared:
+        log.warning(
+            f"pool: {shared} of {len(out)} reference records ({where}) are also pool records: the reference"
+            " model trains on examples it then scores, so their reference losses are too low."
+        )
+    return out
 
 
 def _score_and_cluster(
@@ -132,8 +265,10 @@ def _score_and_cluster(
     records: Sequence[InstructionRecord],
     parts: dict[str, Any],
     fp: str,
+    reference_records: Sequence[InstructionRecord] | None = None,
 ) -> PoolIndex:
-    """Score the pool (iu0, IFD[, embeddings]) in this process and cluster it."""
+    """Score the pool (iu0, IFD[, embeddings]) in this process, add the reference losses
+    (``pool.reference``), and cluster it."""
     import os
 
     import torch
@@ -147,11 +282,10 @@ def _score_and_cluster(
     accelerator = cfg.trainer.get("accelerator", "cpu")
     gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     devices = [int(os.environ.get("LOCAL_RANK", "0"))] if gpu else 1
-    scores = score_pool(
-        ScoringModule(module, embed=source == ClusterInput.embedding),
-        dm,
-        {"accelerator": accelerator, "devices": devices, "enable_progress_bar": False},
-    )
+    trainer_kwargs = {"accelerator": accelerator, "devices": devices, "enable_progress_bar": False}
+    scores = score_pool(ScoringModule(module, embed=source == ClusterInput.embedding), dm, trainer_kwargs)
+    if "reference" in parts:
+        scores = {**scores, "ref_loss": _reference_losses(cfg, module, dm, reference_records, trainer_kwargs)}
     groups = [r.group for r in records]
     if source == ClusterInput.group:
         column: Any = groups
@@ -173,7 +307,49 @@ def _score_and_cluster(
         "cluster_input": source.value,
         "source": "lead-train",
     }
+    if "reference" in parts:
+        provenance["reference"] = parts["reference"]
     return build_pool_index(scores, clusters, groups if cfg.clustering.stratify else None, provenance)
+
+
+def _reference_losses(
+    cfg: DictConfig,
+    module: torch.nn.Module,
+    dm: InstructionDataModule,
+    reference_records: Sequence[InstructionRecord] | None,
+    trainer_kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """``pool.reference``'s reference losses of the pool (``Tensor[N]``), timed in the log."""
+    from lead_lightning.models import CausalLMModule
+    from lead_lightning.scoring import crossfit_reference_losses, reference_losses
+
+    ref = cfg.pool.reference
+    source = _reference_source(cfg)
+    if not isinstance(module, CausalLMModule):
+        raise ValueError(
+            f"`pool.reference` trains a copy of the model, which must be a CausalLMModule; `model.module`"
+            f" built a {type(module).__name__}."
+        )
+    kw: dict[str, Any] = {
+        "max_steps": int(ref.max_steps),
+        "lr": float(ref.lr) if ref.lr is not None else None,
+        "batch_size": int(ref.batch_size) if ref.batch_size is not None else None,
+        "seed": int(cfg.seed),
+        "trainer_kwargs": trainer_kwargs,
+    }
+    t0 = time.perf_counter()
+    if source == "crossfit":
+        out = crossfit_reference_losses(module, dm, folds=int(ref.folds), **kw)
+        what = f"{int(ref.folds)} cross-fitted references"
+    else:
+        assert reference_records is not None, "loaded by load_reference_records"
+        out = reference_losses(module, dm, reference_records, **kw)
+        what = f"a reference trained on {len(reference_records)} {source} records"
+    log.info(
+        f"pool: reference losses ({what}, {int(ref.max_steps)} steps each) in"
+        f" {time.perf_counter() - t0:.1f} s"
+    )
+    return out
 
 
 def cluster_names(

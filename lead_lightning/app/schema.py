@@ -24,6 +24,8 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "PoolConfig",
+    "ReferenceConfig",
+    "ReferenceSource",
     "BanditConfig",
     "CheckpointConfig",
     "selection_nodes",
@@ -107,6 +109,31 @@ class ClusteringConfig:
     stratify: bool = True
 
 
+class ReferenceSource(Enum):
+    none = "none"
+    split = "split"
+    jsonl = "jsonl"
+    crossfit = "crossfit"
+
+
+@dataclass
+class ReferenceConfig:
+    """RHO-LOSS reference losses (the pool index's ``ref_loss`` column), computed in the offline stage.
+
+    See :mod:`lead_lightning.scoring.reference`: a copy of the model is trained on clean records
+    disjoint from the pool (``split``, ``jsonl``) or, with ``crossfit``, on the other folds of the pool.
+    """
+
+    source: ReferenceSource = ReferenceSource.none  # none | split | jsonl | crossfit
+    split: str = "reference"  # source=split: data.records built again with split=<this>
+    path: Optional[str] = None  # noqa: UP045 - source=jsonl: clean records disjoint from the pool
+    format: str = "chat"  # source=jsonl: the file's format (alpaca | chat | gsm8k)
+    folds: int = 2  # source=crossfit: train on the other folds of the pool, score this one
+    max_steps: int = 100  # reference training steps
+    lr: Optional[float] = None  # noqa: UP045 - None: the model's lr
+    batch_size: Optional[int] = None  # noqa: UP045 - None: data.module.batch_size
+
+
 @dataclass
 class PoolConfig:
     """Where the pool index comes from: a ``lead-score`` file, the score cache, or a scoring pass."""
@@ -116,6 +143,7 @@ class PoolConfig:
     cache_dir: str = "${oc.env:LEAD_CACHE_DIR,.cache/lead_lightning}"  # relative: to the start directory
     check_provenance: bool = True  # with index: its stored records digest must match the records loaded
     wait_timeout_s: float = 14400.0  # DDP ranks > 0: seconds to wait for the index rank 0 scores
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)  # RHO-LOSS reference losses
 
 
 @dataclass
