@@ -84,6 +84,13 @@ QUIET = [  # no effect on the numbers
     "pool.cache_dir={cache}/pool",
 ]
 
+RHO_REFERENCE = [  # Amendment 2: the reference model (125 steps on the clean reference split) and the utility
+    "selection.utility=reducible",
+    "pool.reference.source=split",
+    "pool.reference.max_steps=125",
+]
+RHO = ["selection=lead", "selection.allocation=proportional", "bandit=uniform", *RHO_REFERENCE]
+
 METHODS: dict[str, list[str]] = {
     "full": ["selection=full"],  # the whole pool, equal example-steps
     # one pass over the pool; its seed does not depend on the budget, so one run per seed serves all budgets
@@ -125,6 +132,20 @@ METHODS: dict[str, list[str]] = {
         "selection.reward_norm=round",
         "selection.learnability=true",
     ],
+    # Amendment 2 (PROTOCOL.md): reducible loss (RHO-LOSS), registered before any of them ran here
+    "lead_rho": [*RHO],
+    "lead_rho_exp3": [*RHO, "bandit=exp3"],
+    "lead_rho_hedge": [
+        *RHO,
+        "bandit=hedge",
+        "selection.bandit_eta=horizon",
+        "selection.reward=first_visit_gain",
+        "selection.reward_norm=round",
+    ],
+    "lead_rho_single": ["selection=lead", *RHO_REFERENCE],
+    "lead_rho_crossfit": [*RHO, "pool.reference.source=crossfit"],
+    # context: the reference model's own data and steps (500 clean examples, 1,000 example-steps)
+    "reference_alone": ["data.records.split=reference", "selection=full", "selection.sample_rate=100"],
 }
 """Method name -> app overrides. Order = the table's order."""
 REFERENCE = "random"
@@ -301,6 +322,9 @@ def _macro(r: dict[str, Any]) -> float:
 
 def _pool_passes(r: dict[str, Any], pool_size: int) -> int:
     offline = 2 * pool_size if r["method"] in ("lead", "static_ifd", "static_loss") else 0
+    sources = [o.split("=", 1)[1] for o in r.get("overrides", []) if o.startswith("pool.reference.source=")]
+    if sources and sources[-1] != "none":  # the reference model's scoring pass (Amendment 2)
+        offline += pool_size
     return offline + sum(int(h.get("forward_passes", 0)) for h in r["history"])
 
 
