@@ -50,7 +50,7 @@ WITHIN = ("idu", "random")
 CLUSTER_HISTORY = ("last", "first")
 ALLOCATIONS = ("single", "proportional")
 REWARD_NORMS = ("history", "round")
-UTILITIES = ("idu", "reducible")
+UTILITIES = ("idu", "reducible", "reducible_ratio")
 
 
 def _check_fraction_or_count(name: str, value: Any) -> None:
@@ -283,7 +283,8 @@ class LeadConfig(_Config):
         default="idu",
         metadata=_help(
             "Ranking inside clusters: idu (paper) | reducible (IDU minus the pool's reference loss"
-            " `ref_loss`, RHO-LOSS's reducible loss: demotes noisy and unlearnable examples)."
+            " `ref_loss`, RHO-LOSS's reducible loss: demotes noisy and unlearnable examples) |"
+            " reducible_ratio ((IDU - ref_loss) / IDU: the share of the loss that is reducible)."
         ),
     )
 

@@ -108,9 +108,9 @@ class LeadSelector:
         self.seed = int(cfg.seed)
         self.shuffle = cfg.shuffle
 
-        if cfg.utility == "reducible" and pool.ref_loss is None:
+        if cfg.utility != "idu" and pool.ref_loss is None:
             raise ValueError(
-                "`utility='reducible'` ranks by IDU minus each example's reference loss, but the pool index"
+                f"`utility={cfg.utility!r}` ranks by IDU minus each example's reference loss, but the pool index"
                 " has no `ref_loss` column. HINT: score the pool with a reference model (lead-train"
                 " `pool.reference.source=split|jsonl|crossfit`, or `PoolIndex(..., ref_loss=...)`)."
             )
@@ -229,11 +229,14 @@ class LeadSelector:
 
             return scores, torch.zeros(len(self.state))  # random order already decided; ties by id
         utility = self.state.idu
-        if self.config.utility == "reducible":
+        if self.config.utility != "idu":
             assert self.pool.ref_loss is not None  # checked in __init__
             # RHO-LOSS (Mindermann et al. 2022): reducible loss = training loss - irreducible loss,
             # with IDU as the training-loss estimate and the reference model's loss as the irreducible
-            utility = utility - self.pool.ref_loss
+            reducible = utility - self.pool.ref_loss
+            # reducible_ratio: its share of the loss, so a high loss that barely falls (a wrong answer)
+            # does not outrank a low one that the reference model halves
+            utility = reducible if self.config.utility == "reducible" else reducible / utility.clamp_min(1e-6)
         if self.config.learnability:
             utility = utility - _DEMOTED * self.demoted().to(utility.dtype)
         return utility, utility

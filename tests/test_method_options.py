@@ -206,9 +206,15 @@ def test_options_run_inside_lightning(tmp_path):
     assert cb.history[-1]["unique_seen"] <= cb.budget
 
 
-def _reference_reducible_draw(idu: list[float], ref: list[float], eligible: list[bool], k: int) -> list[int]:
-    """Top-k of IDU minus reference loss among eligible ids, ties by lower id (written out by hand)."""
-    keyed = [(-(u - r), i) for i, (u, r, ok) in enumerate(zip(idu, ref, eligible, strict=True)) if ok]
+def _reference_reducible_draw(
+    idu: list[float], ref: list[float], eligible: list[bool], k: int, ratio: bool = False
+) -> list[int]:
+    """Top-k of IDU minus reference loss (over IDU with ``ratio``) among eligible ids, ties by lower id."""
+    keyed = [
+        (-((u - r) / u if ratio else u - r), i)
+        for i, (u, r, ok) in enumerate(zip(idu, ref, eligible, strict=True))
+        if ok
+    ]
     return sorted(i for _, i in sorted(keyed)[:k])
 
 
@@ -229,17 +235,31 @@ def test_reducible_utility_ranks_by_idu_minus_reference_loss():
     assert sorted(sel.current_subset().tolist()) == _reference_reducible_draw(idu, ref, eligible, 2) == [3, 4]
 
 
+def test_reducible_ratio_prefers_the_share_of_the_loss_the_reference_removes():
+    iu0 = [3.0, 2.0, 0.5, 0.4]
+    ref = [2.4, 1.9, 0.1, 0.35]  # id 0 loses 0.6 nats (20%), id 2 loses 0.4 nats (80%)
+    pool = PoolIndex(clusters=torch.zeros(4, dtype=torch.int64), iu0=torch.tensor(iu0), ref_loss=ref)
+    ratio = LeadSelector(pool, budget=1.0, sample_rate=1, utility="reducible_ratio").current_subset()
+    absolute = LeadSelector(pool, budget=1.0, sample_rate=1, utility="reducible").current_subset()
+    assert ratio.tolist() == _reference_reducible_draw(iu0, ref, [True] * 4, 1, ratio=True) == [2]
+    assert absolute.tolist() == _reference_reducible_draw(iu0, ref, [True] * 4, 1) == [0]
+
+
+@pytest.mark.parametrize("utility", ["reducible", "reducible_ratio"])
 @pytest.mark.parametrize("seed", range(5))
-def test_reducible_utility_matches_reference_over_rounds(seed):  # noqa: ANN001
+def test_reducible_utility_matches_reference_over_rounds(seed, utility):  # noqa: ANN001
     gen = torch.Generator().manual_seed(seed)
     n = 40
     iu0 = torch.rand(n, generator=gen) * 3
     ref = torch.rand(n, generator=gen) * 3
     pool = PoolIndex(clusters=torch.zeros(n, dtype=torch.int64), iu0=iu0, ref_loss=ref)
-    sel = LeadSelector(pool, budget=1.0, sample_rate=5, utility="reducible", max_uses=2, shuffle=False)
+    sel = LeadSelector(pool, budget=1.0, sample_rate=5, utility=utility, max_uses=2, shuffle=False)
     for _ in range(6):
         idu, uses = sel.state.idu.tolist(), sel.state.uses.tolist()
-        expected = _reference_reducible_draw(idu, pool.ref_loss.tolist(), [u < 2 for u in uses], 5)
+        eligible = [u < 2 for u in uses]
+        expected = _reference_reducible_draw(
+            idu, pool.ref_loss.tolist(), eligible, 5, utility == "reducible_ratio"
+        )
         sub = sel.current_subset()
         assert sorted(sub.tolist()) == expected
         loss = torch.rand(len(sub), generator=gen) * 3

@@ -144,6 +144,17 @@ METHODS: dict[str, list[str]] = {
     ],
     "lead_rho_single": ["selection=lead", *RHO_REFERENCE],
     "lead_rho_crossfit": [*RHO, "pool.reference.source=crossfit"],
+    # Amendment 3: the share of the loss the reference removes, (IDU - ref_loss) / IDU
+    "lead_rho_ratio": [*RHO, "selection.utility=reducible_ratio"],
+    "lead_rho_ratio_single": ["selection=lead", *RHO_REFERENCE, "selection.utility=reducible_ratio"],
+    "lead_rho_ratio_hedge": [
+        *RHO,
+        "bandit=hedge",
+        "selection.bandit_eta=horizon",
+        "selection.reward=first_visit_gain",
+        "selection.reward_norm=round",
+        "selection.utility=reducible_ratio",
+    ],
     # context: the reference model's own data and steps (500 clean examples, 1,000 example-steps)
     "reference_alone": ["data.records.split=reference", "selection=full", "selection.sample_rate=100"],
 }
