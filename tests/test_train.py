@@ -96,7 +96,7 @@ def pool_jsonl(tmp_path):  # noqa: ANN001, ANN201
 def test_every_group_has_the_promised_options():
     assert options("model") == ["hf_local", "smollm2_135m", "tiny_llama"]
     assert options("peft") == ["lora", "none"]
-    assert options("data") == ["generated", "gsm8k", "jsonl", "testbed"]
+    assert options("data") == ["generated", "gsm8k", "gsm8k_bbh", "jsonl", "testbed"]
     assert options("clustering") == ["embedding_kmeans", "ifd_kmeans", "label"]
     assert options("bandit") == ["exp3", "exp3s", "hedge", "thompson", "ucb", "uniform"]
     assert options("selection") == [

@@ -16,12 +16,22 @@ from lead_lightning.data import (
     generate_pool,
     near_duplicates,
     plant_noise,
+    read_bbh,
     read_gsm8k,
     read_records,
 )
 from lead_lightning.data.records import deduplicate_split
 
-__all__ = ["TESTBED_FAMILIES", "Split", "generated_split", "gsm8k_split", "jsonl_split", "testbed_split"]
+__all__ = [
+    "TESTBED_FAMILIES",
+    "Split",
+    "bbh_sample",
+    "generated_split",
+    "gsm8k_bbh_split",
+    "gsm8k_split",
+    "jsonl_split",
+    "testbed_split",
+]
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +325,110 @@ def testbed_split(
         flags_noisy.insert(at, noisy[src])
         flags_dup.insert(at, True)
     return Split(records, val or None, {"noisy": flags_noisy, "duplicate": flags_dup})
+
+
+def bbh_sample(
+    root: str | PathLike[str],
+    n: int,
+    seed: int = 0,
+    max_chars: int | None = None,
+    group: str | None = "bbh",
+) -> list[InstructionRecord]:
+    """A fixed seeded sample of ``n`` BIG-Bench-Hard examples spread over the tasks in ``root``.
+
+    Tasks are visited round-robin in a seeded order, each contributing its next seeded example, so
+    every task is represented once before any appears twice. ``max_chars`` keeps only examples whose
+    input + target are at most that many characters (short enough for a short ``max_length``).
+    ``group`` replaces every record's group (the task name, :func:`~lead_lightning.data.read_bbh`)
+    so the held-out set reports one ``bbh`` family; ``None`` keeps the task names.
+
+    Example:
+        >>> import json, os, tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> for t in ("a", "b"):
+        ...     rows = [{"input": f"{t} {i}?", "target": "x"} for i in range(3)]
+        ...     _ = open(os.path.join(d, f"{t}.json"), "w").write(json.dumps({"examples": rows}))
+        >>> s = bbh_sample(d, 4)
+        >>> len(s), sorted(r.prompt[0] for r in s), {r.group for r in s}
+        (4, ['a', 'a', 'b', 'b'], {'bbh'})
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"`n` must be a positive int, got {n!r}.")
+    rng = random.Random(seed)
+    by_task: dict[str, list[InstructionRecord]] = {}
+    for r in read_bbh(root):
+        if max_chars is None or len(r.prompt) + len(r.response) <= max_chars:
+            by_task.setdefault(r.group, []).append(r)
+    tasks = sorted(by_task)
+    rng.shuffle(tasks)
+    for t in tasks:
+        rng.shuffle(by_task[t])
+    if n > sum(len(v) for v in by_task.values()):
+        raise ValueError(
+            f"{root} has {sum(len(v) for v in by_task.values())} BBH examples that fit, {n} asked."
+        )
+    out: list[InstructionRecord] = []
+    depth = 0
+    while len(out) < n:
+        for t in tasks:
+            if depth < len(by_task[t]) and len(out) < n:
+                r = by_task[t][depth]
+                out.append(r if group is None else InstructionRecord(r.prompt, r.response, group))
+        depth += 1
+    return out
+
+
+def gsm8k_bbh_split(
+    pool_size: int = 128,
+    gsm8k_eval: int = 30,
+    bbh_eval: int = 30,
+    reference_size: int = 48,
+    split: str = "pool",
+    data_dir: str | PathLike[str] | None = None,
+    bbh_max_chars: int | None = 500,
+    seed: int = 0,
+) -> Split:
+    """GSM8K training problems as the pool, held-out GSM8K test problems and BIG-Bench-Hard examples
+    as the validation set (groups ``gsm8k`` and ``bbh``: ``val/loss/gsm8k``, ``val/loss/bbh`` and
+    their mean ``val/loss_macro``), and a clean reference split of other GSM8K training problems.
+
+    The SmolLM2 confirmation study's data (``benchmarks/smollm2_study/PROTOCOL.md``). The GSM8K parts
+    are :func:`testbed_split` with ``families={"gsm8k": 1}``, no planted noise and no near-duplicates
+    (so pool, held-out and reference problems are the testbed's seeded, disjoint draws; its
+    pre-training split takes one problem); BBH is :func:`bbh_sample` of ``<data_dir>/bbh``.
+
+    Args:
+        pool_size: GSM8K training problems in the pool.
+        gsm8k_eval: GSM8K test problems in the held-out set.
+        bbh_eval: BBH examples in the held-out set (0: none).
+        reference_size: GSM8K training problems in the reference split (disjoint from the pool).
+        split: ``"pool"`` (train = the pool) or ``"reference"`` (train = the reference split); the
+            held-out set is the same.
+        data_dir: directory holding ``gsm8k/{train,test}.jsonl`` and ``bbh/*.json``.
+        bbh_max_chars: keep BBH examples whose input + target are at most this many characters.
+        seed: the data seed (pool, held-out and reference draws).
+    """
+    if split not in ("pool", "reference"):
+        raise ValueError(f"`split` must be 'pool' or 'reference', got {split!r}.")
+    root = Path(data_dir if data_dir is not None else ".")
+    gsm = testbed_split(
+        pool_size,
+        families={"gsm8k": 1.0},
+        noisy_families=(),
+        noisy_share=0.0,
+        duplicate_share=0.0,
+        eval_per_family=gsm8k_eval,
+        pretrain_size=1,
+        split=split,
+        data_dir=root,
+        on_missing="error",
+        seed=seed,
+        reference_size=reference_size,
+    )
+    val = list(gsm.val or [])
+    if bbh_eval:
+        val += bbh_sample(root / "bbh", bbh_eval, seed=seed, max_chars=bbh_max_chars)
+    return Split(gsm.train, val or None, gsm.flags)
 
 
 def generated_families() -> list[str]:
