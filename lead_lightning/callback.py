@@ -16,7 +16,7 @@ from torch import Tensor
 from lead_lightning.bandits import BanditPolicy
 from lead_lightning.base import Extract, RoundSelectionCallback, RoundSummary
 from lead_lightning.config import LeadConfig, resolve_config
-from lead_lightning.distributed import broadcast_tensor
+from lead_lightning.distributed import all_reduce_sum, broadcast_tensor, local_parameter_shards
 from lead_lightning.engine import LeadSelector
 from lead_lightning.idu import IDUState, RoundRecords
 from lead_lightning.pool import PoolIndex
@@ -128,8 +128,20 @@ class LeadSelectionCallback(RoundSelectionCallback):
         return self.selector.close_round(records, self._sketch(trainer, pl_module), val)  # type: ignore[return-value]
 
     def _sketch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
-        params = [p for p in pl_module.parameters() if p.requires_grad]
-        return broadcast_tensor(trainer.strategy, self.sketcher(params))
+        """Sketch of the trainable parameters, identical on every rank.
+
+        Replicated parameters (single device, DDP, DeepSpeed ZeRO 1/2): rank 0's sketch, broadcast.
+        Sharded ones (FSDP, DTensor): each rank sketches its shards with global coordinates and the
+        sum over ranks is the sketch of the whole vector (broadcast from rank 0 after the sum, so no
+        backend's reduction order can leave ranks with different bits).
+        """
+        strategy = trainer.strategy
+        shards = local_parameter_shards(pl_module, root=getattr(strategy, "model", None))
+        if shards is None:
+            params = [p for p in pl_module.parameters() if p.requires_grad]
+            return broadcast_tensor(strategy, self.sketcher(params))
+        local = self.sketcher.sketch_pieces(shards.pieces, shards.total)
+        return broadcast_tensor(strategy, all_reduce_sum(strategy, local))
 
     def describe_round(self, e: RoundSummary) -> str:
         return (
