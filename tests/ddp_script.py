@@ -1,7 +1,8 @@
-"""Run by tests/test_ddp.py: LEAD under `strategy="ddp"` on 2 CPU processes (gloo).
+"""Run by tests/test_ddp.py: LEAD under `strategy="ddp"` on CPU processes (gloo).
 
-Lightning relaunches this script for rank 1, so it parses its arguments only under `__main__`.
-Each rank writes what it saw to `<out>/rank<r>.json`; rank 1 sees deliberately different losses.
+Lightning relaunches this script for the other ranks, so it parses its arguments only under
+`__main__`; `LEAD_DDP_WORLD` (default 2) sets the number of processes. Each rank writes what it saw
+to `<out>/rank<r>.json`; ranks above 0 see deliberately different losses.
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ def state_hash(cb: LeadSelectionCallback) -> str:
 
 
 class RankSkewedModule(ToyModule):
-    """Rank 1 reports larger losses, so ranks hold different local values before the exchange."""
+    """Rank r > 0 reports larger losses (rank 1: 3 L + 1), so ranks hold different local values."""
 
     def training_step(self, batch, batch_idx):  # noqa: ANN001
         out = super().training_step(batch, batch_idx)
-        if self.global_rank == 1:
-            out["per_example_loss"] = out["per_example_loss"] * 3.0 + 1.0
+        r = self.global_rank
+        if r:
+            out["per_example_loss"] = out["per_example_loss"] * (2.0 * r + 1.0) + float(r)
         return out
 
 
@@ -89,7 +91,7 @@ def main(out: Path, mode: str = "agree", ckpt: str | None = None) -> None:
         )
     trainer = pl.Trainer(
         accelerator="cpu",
-        devices=2,
+        devices=int(os.environ.get("LEAD_DDP_WORLD", "2")),
         strategy="ddp",
         max_epochs=5,
         callbacks=callbacks,
