@@ -153,7 +153,8 @@ def local_parameter_shards(module: nn.Module, root: nn.Module | None = None) -> 
 
     The global order is the unsharded module's ``parameters()`` order (module pre-order, then
     registration order), rebuilt for FlatParameters from their ``_param_infos``; it is the same on
-    every rank.
+    every rank. Every rank must hold the same module structure: pipeline parallelism (ranks with
+    different layers) is not supported.
 
     Args:
         module: the model (Lightning's ``pl_module``).

@@ -136,9 +136,8 @@ class ParameterSketch:
     def _add_run(self, out: Tensor, flat: Tensor, offset: int, exact: bool) -> None:
         """Add elements ``offset .. offset + flat.numel() - 1`` (a contiguous run), in chunks."""
         device = out.device
-        flat = flat.to(device=device, dtype=torch.float64)
-        for start in range(0, flat.numel(), self.chunk):
-            vals = flat[start : start + self.chunk]
+        for start in range(0, flat.numel(), self.chunk):  # float64 copies of one chunk at a time
+            vals = flat[start : start + self.chunk].to(device=device, dtype=torch.float64)
             idx = torch.arange(
                 offset + start, offset + start + vals.numel(), device=device, dtype=torch.int64
             )

@@ -8,7 +8,7 @@ behaviour before sharding was handled). The test compares them in the parent pro
 
 Cases: hand-made flat shards of uneven size (``manual``, and ``manual_float64`` whose float64
 values make hashed buckets round differently when summed by shard); DTensors on CPU device meshes
-(``dtensor_rows``, ``dtensor_mixed``, ``dtensor_submesh``: see :func:`dtensor`); modules sharded by
+(``dtensor_rows``, ``_mixed``, ``_submesh``, ``_fallback``: see :func:`dtensor`); modules sharded by
 FSDP2 ``fully_shard`` (``fsdp2``) and by FSDP1 ``FullyShardedDataParallel`` with ``use_orig_params`` True and False (``fsdp1_orig``,
 ``fsdp1_flat``), trained a step with SGD between sketches; and replicas that must be counted once:
 FSDP2 over a (replicate, shard) mesh (``fsdp2_hsdp``), FSDP1 ``NO_SHARD`` and ``HYBRID_SHARD``
@@ -112,26 +112,37 @@ def dtensor(rank: int, world: int, layout: str) -> dict:
     """``rows``: Shard(0) everywhere. ``mixed``: column shards, a 3-D middle-dimension shard,
     replicated vectors. ``submesh`` (an even world): a (dp, tp) mesh; vectors sharded over the tp
     sub-mesh, matrices over the dp sub-mesh (replicated across the other sub-mesh's copies), 3-D
-    tensors over both (Shard(0), Shard(2))."""
+    tensors over both (Shard(0), Shard(2)). ``fallback`` (an even world): placements read whole with
+    ``full_tensor()``: the 3-D tensor (_StridedShard(0), Shard(0)) on the (dp, tp) mesh as FSDP2 over
+    tensor parallelism makes such, vectors Partial (rank 0 holds the value, the others zeros)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, _StridedShard, distribute_tensor
+
+    def make(p: torch.Tensor) -> DTensor:
+        if layout == "fallback" and p.dim() == 1:
+            return DTensor.from_local(p if rank == 0 else torch.zeros_like(p), flat, [Partial()])
+        return distribute_tensor(p, *place(p))
 
     def place(p: torch.Tensor):  # noqa: ANN202
         if layout == "rows":
             return flat, [Shard(0)]
         if layout == "mixed":
             return flat, [{1: Replicate(), 2: Shard(1), 3: Shard(1)}[p.dim()]]
+        if layout == "fallback":
+            return (
+                (grid, [_StridedShard(0, split_factor=2), Shard(0)]) if p.dim() == 3 else (flat, [Shard(0)])
+            )
         return {1: (grid["tp"], [Shard(0)]), 2: (grid["dp"], [Shard(0)]), 3: (grid, [Shard(0), Shard(2)])}[
             p.dim()
         ]
 
     flat = init_device_mesh("cpu", (world,))
-    if layout == "submesh":
+    if layout in ("submesh", "fallback"):
         grid = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("dp", "tp"))
 
     out: dict = {m: [] for m in DIMS}
     for params in thetas(2):
-        dparams = [distribute_tensor(p, *place(p)) for p in params]
+        dparams = [make(p) for p in params]
         module = Holder(dparams)
         for mode, dim in DIMS.items():
             sk = ParameterSketch(dim, seed=3)
@@ -229,6 +240,7 @@ def main(out: Path, rank: int, world: int, port: int) -> None:
         "dtensor_rows": dtensor(rank, world, "rows"),
         "dtensor_mixed": dtensor(rank, world, "mixed"),
         "dtensor_submesh": dtensor(rank, world, "submesh"),
+        "dtensor_fallback": dtensor(rank, world, "fallback"),
         "fsdp2": fsdp(rank, world, "fsdp2"),
         "fsdp1_orig": fsdp(rank, world, "fsdp1_orig"),
         "fsdp1_flat": fsdp(rank, world, "fsdp1_flat"),

@@ -37,6 +37,7 @@ CASES = (
     "dtensor_rows",
     "dtensor_mixed",
     "dtensor_submesh",
+    "dtensor_fallback",
     "fsdp2",
     "fsdp1_orig",
     "fsdp1_flat",
