@@ -68,6 +68,41 @@ def test_preset_paper_composes_to_the_paper_config():
     assert (cfg.selection.budget, cfg.selection.sample_rate) == (0.025, 0.015)
 
 
+def test_preset_rho_composes_to_the_best_measured_configuration():
+    """`preset=rho` is the study's `lead_rho_hedge` (benchmarks/study/run.py) on top of any data."""
+    from hydra.utils import instantiate
+    from test_train import make_cfg
+
+    cfg = make_cfg(["preset=rho", "rounds=10"])
+    sel = instantiate(cfg.selection)
+    assert (sel.allocation, sel.utility, sel.reward, sel.reward_norm) == (
+        "proportional",
+        "reducible",
+        "first_visit_gain",
+        "round",
+    )
+    assert sel.bandit == "hedge" and sel.bandit_eta == "horizon" and sel.max_rounds == 10
+    assert cfg.clustering.fn.k == 7 and cfg.clustering.input == "ifd"
+    # the same settings as the study's row, override by override
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "study_run", Path(__file__).parents[1] / "benchmarks" / "study" / "run.py"
+    )
+    assert spec is not None and spec.loader is not None
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    row = dict(o.split("=", 1) for o in study.METHODS["lead_rho_hedge"])
+    assert row["selection.utility"] == sel.utility and row["selection.allocation"] == sel.allocation
+    assert row["bandit"] == sel.bandit and row["selection.bandit_eta"] == sel.bandit_eta
+    assert row["selection.reward"] == sel.reward and row["selection.reward_norm"] == sel.reward_norm
+    assert (
+        LeadConfig.paper().utility == "idu"
+        and instantiate(make_cfg(["preset=paper"]).selection).utility == "idu"
+    )
+
+
 if __name__ == "__main__" and "--write" in sys.argv:
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps(_json(paper_history()), indent=1))
