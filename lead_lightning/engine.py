@@ -114,7 +114,8 @@ class LeadSelector:
                 " has no `ref_loss` column. HINT: score the pool with a reference model (lead-train"
                 " `pool.reference.source=split|jsonl|crossfit`, or `PoolIndex(..., ref_loss=...)`)."
             )
-        self.layout = ClusterLayout(pool.clusters, pool.groups)
+        # the layout references the pool's cluster and group tensors (and a memory-mapped index's order)
+        self.layout = ClusterLayout(pool.clusters, pool.groups, pool._layout_order, pool._layout_strata)
         self.state = IDUState(pool.iu0)
         self.normalizer: RewardNormalizer | RoundNormalizer = (
             RewardNormalizer()
@@ -136,8 +137,14 @@ class LeadSelector:
         self._prev_val: float | None = None
         self._recount()
 
+    # pools up to this size log the pool-mean IDU as the float32 mean of the whole pool (as always: the
+    # golden history pins it); larger ones from a float64 running sum, kept up to date with the round's
+    # updates (equal up to float rounding), so a round close stays O(round) whatever N
+    exact_mean_max: int = 1 << 20
+
     def _recount(self) -> None:
-        """Derived per-cluster counts (O(N)); kept up to date incrementally at each round close."""
+        """Derived per-cluster counts and the IDU sum (O(N)); kept up to date incrementally at each round close."""
+        self._idu_sum = float(torch.sum(self.state.idu, dtype=torch.float64))
         uses, k = self.state.uses, self.layout.num_clusters
         cl = self.layout.clusters.to(torch.int64)
         self._sizes = torch.bincount(cl, minlength=k)
@@ -168,7 +175,7 @@ class LeadSelector:
 
     def eligible(self, ids: Tensor | None = None) -> Tensor:
         """Eligibility of ``ids`` (default: the whole pool) for the next draw."""
-        uses = self.state.uses if ids is None else self.state.uses[ids]
+        uses = self.state.uses if ids is None else self.state.uses.index_select(0, ids)
         return eligible_mask(uses, self.max_uses, self.budget_left())
 
     def current_subset(self) -> Tensor:
@@ -281,6 +288,7 @@ class LeadSelector:
             recs = RoundRecords(recs.ids[finite], recs.loss[finite], recs.lr[finite])
         clusters = self.layout.clusters[recs.ids].to(torch.int64)
         before, after = self.state.apply(recs, self.coef[clusters], self.history_weight)
+        self._idu_sum += float(torch.sum(after, dtype=torch.float64) - torch.sum(before, dtype=torch.float64))
         self._account(self.layout.clusters[all_ids].to(torch.int64), old_uses_all, self.state.uses[all_ids])
 
         first = old_uses_all[finite] == 0 if n_nan else old_uses_all == 0
@@ -318,7 +326,7 @@ class LeadSelector:
             "coef": {int(a): float(self.coef[a]) for a in self.arms},
             "unique_seen": seen,
             "budget_frac": seen / self.budget,
-            "idu_mean_pool": float(self.state.idu.mean()),  # float32 pairwise sum: fast at 1e7
+            "idu_mean_pool": self._idu_mean_pool(),
             "idu_mean_selected": float(after.double().mean()) if after.numel() else math.nan,
             "nan_skipped": n_nan,
             "loss_mean_selected": float(recs.loss.double().mean()) if len(recs) else math.nan,
@@ -328,6 +336,12 @@ class LeadSelector:
         self.subset = None
         self.stop_reason = self._stop_reason()
         return summary
+
+    def _idu_mean_pool(self) -> float:
+        n = len(self.state)
+        if n <= self.exact_mean_max:
+            return float(self.state.idu.mean())  # float32 mean of the pool: O(N), at most 2**20
+        return float(torch.tensor(self._idu_sum / n, dtype=torch.float32))
 
     def _check_records(self, recs: RoundRecords, subset: Tensor) -> RoundRecords:
         n = len(self.state)
@@ -392,9 +406,39 @@ class LeadSelector:
             return f"no eligible example left (budget {self.budget} unique, max_uses={self.max_uses})"
         return None
 
-    def nbytes_per_example(self) -> float:
-        """Bytes of per-example selection state (IDU, uses, cluster layout) per pool example."""
-        return (self.state.nbytes() + self.layout.nbytes()) / len(self.state)
+    def memory_tensors(self) -> dict[str, Tensor]:
+        """Every per-example tensor the selector and its pool index hold, each storage once.
+
+        Keys: the pool's columns (``clusters``, ``groups``, ``iu0`` and optional ones), the selection
+        state (``idu``, ``uses``, ``last_loss`` with ``learnability`` or ``reward="loss_drop"``) and the
+        layout's ``layout_order``. Tensors that share storage (the layout's clusters and groups are the
+        pool's own) are listed once.
+        """
+        named = {f"pool.{k}": v for k, v in self.pool.column_tensors().items()}
+        named.update(
+            {"state.idu": self.state.idu, "state.uses": self.state.uses, "layout.order": self.layout.order}
+        )
+        named.update({"layout.clusters": self.layout.clusters, "layout.groups": self.layout.groups})
+        if self._last_loss is not None:
+            named["state.last_loss"] = self._last_loss
+        out: dict[str, Tensor] = {}
+        seen: set[tuple[int, int]] = set()
+        for name, t in named.items():
+            ref = (t.untyped_storage().data_ptr(), t.data_ptr())
+            if ref not in seen:
+                seen.add(ref)
+                out[name] = t
+        return out
+
+    def nbytes_per_example(self, pool: bool = True) -> float:
+        """Bytes per pool example held by the selection state (IDU, uses, layout) and, with ``pool``,
+        the pool index (:meth:`memory_tensors`, measured from the tensors themselves)."""
+        total = sum(
+            t.element_size() * t.numel()
+            for name, t in self.memory_tensors().items()
+            if pool or not name.startswith("pool.")
+        )
+        return total / len(self.state)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

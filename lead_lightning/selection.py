@@ -10,11 +10,13 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "ClusterLayout",
+    "layout_order",
     "cap_new_examples",
     "eligible_mask",
     "per_group_quota",
@@ -23,10 +25,44 @@ __all__ = [
 ]
 
 
-class ClusterLayout:
-    """Pool ids ordered by (cluster, group, id), with segment offsets; built once per pool.
+def layout_order(clusters: Tensor, groups: Tensor) -> tuple[Tensor, np.ndarray]:
+    """Ids in (cluster, group, id) order (int32) and the strata: ``int64[2, S]`` of the (cluster, group)
+    keys ``cluster * G + group`` present, ascending, and their sizes.
 
-    Keeps the selection state small: ``order`` is int32, clusters int16, groups int32.
+    One stable sort of the combined key: a radix sort (O(N)) when ``K * G <= 65536``.
+
+    Example:
+        >>> import torch
+        >>> order, strata = layout_order(torch.tensor([1, 0, 1, 0]), torch.tensor([0, 0, 1, 0]))
+        >>> order.tolist(), strata.tolist()
+        ([1, 3, 0, 2], [[0, 2, 3], [2, 1, 1]])
+    """
+    n = clusters.numel()
+    if n >= (1 << 31):
+        raise ValueError(f"At most 2**31 - 1 examples are supported, got {n}.")
+    c, g = clusters.numpy(), groups.numpy()
+    num_groups = int(g.max()) + 1
+    span = (int(c.max()) + 1) * num_groups
+    key_dtype = np.uint16 if span <= 1 << 16 else np.int32 if span < 1 << 31 else np.int64
+    key: np.ndarray = c.astype(key_dtype)
+    np.multiply(key, num_groups, out=key, casting="unsafe")
+    np.add(key, g, out=key, casting="unsafe")
+    order = np.argsort(key, kind="stable").astype(np.int32)
+    if span <= max(4 * n, 1 << 20):
+        counts = np.bincount(key, minlength=span)
+        keys = np.flatnonzero(counts)
+        sizes = counts[keys]
+    else:
+        keys, sizes = np.unique(key, return_counts=True)
+    return torch.from_numpy(order), np.stack([keys.astype(np.int64), sizes.astype(np.int64)])
+
+
+class ClusterLayout:
+    """Pool ids ordered by (cluster, group, id), with cluster and (cluster, group) stratum offsets.
+
+    Holds 4 bytes per example: ``order`` (int32). ``clusters`` (int16) and ``groups`` (int16 or
+    int32) are the pool's own tensors, not copies. ``order`` and ``strata`` (see
+    :func:`layout_order`) may be given, e.g. from a memory-mapped pool index; else they are computed.
 
     Example:
         >>> import torch
@@ -35,27 +71,35 @@ class ClusterLayout:
         ([0, 2], 2)
     """
 
-    def __init__(self, clusters: Tensor, groups: Tensor) -> None:
+    def __init__(
+        self, clusters: Tensor, groups: Tensor, order: Tensor | None = None, strata: np.ndarray | None = None
+    ) -> None:
         n = clusters.numel()
         if n >= (1 << 31):
             raise ValueError(f"At most 2**31 - 1 examples are supported, got {n}.")
-        self.clusters = clusters.to(torch.int16)
-        self.groups = groups.to(torch.int32)
-        self.num_clusters = int(clusters.max()) + 1
-        # stable sorts: by group, then by cluster -> (cluster, group, id) order
-        by_group = torch.sort(groups.to(torch.int64), stable=True).indices
-        by_cluster = torch.sort(clusters.to(torch.int64)[by_group], stable=True).indices
-        self.order = by_group[by_cluster].to(torch.int32)
-        counts = torch.bincount(clusters.to(torch.int64), minlength=self.num_clusters)
+        self.clusters = clusters if clusters.dtype == torch.int16 else clusters.to(torch.int16)
+        self.groups = groups if groups.dtype in (torch.int16, torch.int32) else groups.to(torch.int32)
+        if order is None or strata is None:
+            order, strata = layout_order(self.clusters, self.groups)
+        self.order = order
+        self.num_groups = int(self.groups.max()) + 1
+        keys, sizes = strata[0], strata[1]
+        stratum_cluster = keys // self.num_groups
+        self.num_clusters = int(stratum_cluster.max()) + 1
+        counts = np.bincount(stratum_cluster, weights=sizes, minlength=self.num_clusters).astype(np.int64)
         self.offsets = torch.zeros(self.num_clusters + 1, dtype=torch.int64)
-        self.offsets[1:] = torch.cumsum(counts, 0)
+        self.offsets[1:] = torch.cumsum(torch.from_numpy(counts), 0)
+        # per cluster: boundaries of its (cluster, group) strata, relative to the cluster's start
+        self.strata: list[list[int]] = [[0] for _ in range(self.num_clusters)]
+        for k, size in zip(stratum_cluster.tolist(), sizes.tolist(), strict=True):
+            self.strata[k].append(self.strata[k][-1] + size)
 
     def ids_of(self, cluster: int) -> Tensor:
         """Ids of ``cluster`` in (group, id) order (int64)."""
         return self.order[int(self.offsets[cluster]) : int(self.offsets[cluster + 1])].to(torch.int64)
 
     def nbytes(self) -> int:
-        """Bytes held per pool (order + clusters + groups)."""
+        """Bytes held per pool (order + clusters + groups; the latter two are the pool's tensors)."""
         return sum(t.element_size() * t.numel() for t in (self.order, self.clusters, self.groups))
 
 
@@ -119,33 +163,39 @@ def select_in_clusters(
     Only the chosen clusters are touched, so the cost is O(size of the chosen clusters).
 
     Args:
-        scores: ``Tensor[N]``, or a function from the chosen clusters' ids to their scores.
-        eligible: ``BoolTensor[N]``, or a function from the chosen clusters' ids to their eligibility.
+        scores: ``Tensor[N]``, or a function from the chosen clusters' ids (int32) to their scores.
+        eligible: ``BoolTensor[N]``, or a function from the chosen clusters' ids (int32) to their
+            eligibility.
 
     Returns:
         Selected ids (int64), ordered by cluster, group, then score descending.
     """
-    seg_ids = torch.cat([layout.ids_of(a) for a in arms]) if arms else torch.empty(0, dtype=torch.int64)
+    off = layout.offsets.tolist() if len(arms) > 8 else None
+    segs, bounds = [], [0]
+    for a in arms:
+        lo, hi = (
+            (off[a], off[a + 1]) if off is not None else (int(layout.offsets[a]), int(layout.offsets[a + 1]))
+        )
+        segs.append(layout.order[lo:hi])
+        start = bounds[-1]
+        bounds.extend(start + b for b in layout.strata[a][1:])
+    if not segs:
+        return torch.empty(0, dtype=torch.int64)
+    seg_ids = segs[0] if len(segs) == 1 else torch.cat(segs)  # int32 ids: a view of the layout, no copy
     if seg_ids.numel() == 0:
-        return seg_ids
-    ok = eligible(seg_ids) if callable(eligible) else eligible[seg_ids]
-    val = scores(seg_ids) if callable(scores) else scores[seg_ids]
+        return seg_ids.to(torch.int64)
+    # index_select: a plain gather, several times faster than advanced indexing at 1e6+ ids
+    ok = eligible(seg_ids) if callable(eligible) else eligible.index_select(0, seg_ids)
+    val = scores(seg_ids) if callable(scores) else scores.index_select(0, seg_ids)
     key = torch.where(ok, val.float(), float("-inf"))
     # strata = (cluster, group) runs; segments are contiguous and already in (cluster, group, id) order
-    gr = layout.groups[seg_ids]
-    bounds = [0]
-    for a in arms:
-        n_a = int(layout.offsets[a + 1] - layout.offsets[a])
-        start = bounds[-1]
-        _, counts = torch.unique_consecutive(gr[start : start + n_a], return_counts=True)
-        bounds.extend((start + torch.cumsum(counts, 0)).tolist())
     sizes = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)], dtype=torch.int64)
     quota = per_group_quota(sizes, sample_rate, examples).tolist()
     picked = []
     for (lo, hi), q in zip(zip(bounds[:-1], bounds[1:], strict=True), quota, strict=True):
         if q > 0:
             picked.append(lo + _top_k_ties_by_position(key[lo:hi], q, int(ok[lo:hi].sum())))
-    return seg_ids[torch.cat(picked)] if picked else seg_ids[:0]
+    return seg_ids[torch.cat(picked)].to(torch.int64) if picked else torch.empty(0, dtype=torch.int64)
 
 
 def _top_k_ties_by_position(key: Tensor, k: int, n_ok: int) -> Tensor:

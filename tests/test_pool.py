@@ -27,9 +27,9 @@ def test_construction_from_lists_numpy_and_tensors(kind):
     assert len(pool) == 6
     assert pool.num_clusters == 3
     assert pool.num_groups == 3
-    assert pool.clusters.dtype == torch.int64 and pool.clusters.tolist() == CLUSTERS
+    assert pool.clusters.dtype == torch.int16 and pool.clusters.tolist() == CLUSTERS
     assert pool.iu0.dtype == torch.float32 and pool.iu0.tolist() == IU0
-    assert pool.groups.dtype == torch.int64 and pool.groups.tolist() == [1, 0, 1, 2, 0, 0]
+    assert pool.groups.dtype == torch.int16 and pool.groups.tolist() == [1, 0, 1, 2, 0, 0]
     assert pool.group_names == [0, 1, 2]
     assert pool.cluster_sizes().tolist() == [2, 2, 2]
     assert pool.ifd is None and pool.n_response_tokens is None
@@ -37,7 +37,7 @@ def test_construction_from_lists_numpy_and_tensors(kind):
 
 def test_float_clusters_with_whole_values_are_accepted():
     pool = PoolIndex(clusters=np.array([0.0, 1.0, 1.0]), iu0=[1.0, 1.0, 1.0])
-    assert pool.clusters.dtype == torch.int64 and pool.clusters.tolist() == [0, 1, 1]
+    assert pool.clusters.dtype == torch.int16 and pool.clusters.tolist() == [0, 1, 1]
 
 
 def test_no_groups_means_one_group():
@@ -58,7 +58,7 @@ def test_optional_columns_are_kept():
     pool = PoolIndex(clusters=CLUSTERS, iu0=IU0, ifd=[0.5] * 6, n_response_tokens=np.arange(6))
     assert pool.ifd is not None and pool.ifd.tolist() == [0.5] * 6
     assert pool.n_response_tokens is not None and pool.n_response_tokens.tolist() == list(range(6))
-    assert pool.n_response_tokens.dtype == torch.int64
+    assert pool.n_response_tokens.dtype == torch.int32
 
 
 @pytest.mark.parametrize(
