@@ -1,5 +1,6 @@
 """Instruction data: records and readers, the prompt template, tokenization/collation, the datamodule."""
 
+from lead_lightning.data.arrow import ArrowInstructionDataset, ArrowRecords
 from lead_lightning.data.collate import (
     IGNORE_INDEX,
     TRUNCATION_MODES,
@@ -13,6 +14,7 @@ from lead_lightning.data.dataset import InstructionDataset, LengthBucketBatchSam
 from lead_lightning.data.records import (
     READERS,
     InstructionRecord,
+    iter_records,
     read_alpaca_jsonl,
     read_bbh,
     read_chat_jsonl,
@@ -30,6 +32,8 @@ from lead_lightning.data.synthetic import (
 from lead_lightning.data.templates import TEMPLATES, PromptTemplate, get_template
 
 __all__ = [
+    "ArrowInstructionDataset",
+    "ArrowRecords",
     "IGNORE_INDEX",
     "READERS",
     "SYNTHETIC_FAMILIES",
@@ -46,6 +50,7 @@ __all__ = [
     "generate_family",
     "generate_pool",
     "get_template",
+    "iter_records",
     "near_duplicates",
     "plant_noise",
     "read_alpaca_jsonl",

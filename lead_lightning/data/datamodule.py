@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
 from transformers import PreTrainedTokenizerBase
 
+from lead_lightning.data.arrow import ArrowRecords
 from lead_lightning.data.collate import TRUNCATION_MODES, InstructionCollator, Truncation
 from lead_lightning.data.dataset import InstructionDataset, LengthBucketBatchSampler
 from lead_lightning.data.records import InstructionRecord
@@ -29,13 +30,15 @@ class InstructionDataModule(pl.LightningDataModule):
     ``val_dataloader`` gives the held-out records (eval loss). ``predict_dataloader`` covers the
     whole pool in length-bucketed order with the response-alone tensors for IFD scoring.
 
-    Every example is tokenized once, in :meth:`setup`, which also checks lengths before anything runs:
+    Every example is tokenized once, in :meth:`setup`, which also checks lengths before anything runs
+    (a pool given as :class:`~lead_lightning.data.arrow.ArrowRecords` stays in Arrow: setup keeps
+    only its token counts and every batch is tokenized when it is loaded, with the same token ids):
     with ``truncation="error"`` an example whose prompt fills ``max_length`` is an error naming its id;
     with ``"exclude"`` those ids are listed in :attr:`excluded_ids` (keep them out of selection). How
     many examples will be cut is warned about and kept in :attr:`truncation_report`.
 
     Args:
-        train_records: the pool, in pool-id order.
+        train_records: the pool, in pool-id order (a sequence of records, or an ``ArrowRecords``).
         tokenizer: Hugging Face tokenizer with an eos token.
         val_records: optional held-out records (e.g. GSM8K test) for ``val/loss``.
         template: prompt template name or object, the same for every stage; ``"chat"``: the
@@ -64,7 +67,7 @@ class InstructionDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        train_records: Sequence[InstructionRecord],
+        train_records: Sequence[InstructionRecord] | ArrowRecords,
         tokenizer: PreTrainedTokenizerBase,
         val_records: Sequence[InstructionRecord] | None = None,
         template: str | PromptTemplate = "auto",
@@ -116,9 +119,14 @@ class InstructionDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Tokenize the pool (and val set) once and check truncation; later calls are no-ops."""
         if self.train_dataset is None:
-            self.train_dataset = InstructionDataset(
-                self.train_records, self.tokenizer, self.template, self.max_length
-            )
+            if isinstance(self.train_records, ArrowRecords):  # stays in Arrow: tokenized per batch
+                self.train_dataset = self.train_records.instruction_dataset(
+                    self.tokenizer, self.template, self.max_length
+                )
+            else:
+                self.train_dataset = InstructionDataset(
+                    self.train_records, self.tokenizer, self.template, self.max_length
+                )
             self.excluded_ids = self._check_lengths(self.train_dataset, "train")
             self.truncation_report = self.train_dataset.truncation_report()
         if self.val_records is not None and self.val_dataset is None:

@@ -1,6 +1,8 @@
 """`InstructionRecord` and readers for the instruction formats users have.
 
-Every reader returns ``list[InstructionRecord]`` whose list position is the example's pool id. Errors
+Every reader returns ``list[InstructionRecord]`` whose list position is the example's pool id (its
+``iter_*`` twin, :func:`iter_records`, yields the same records one at a time, for pools read into
+Arrow by :mod:`lead_lightning.data.arrow` without holding them in Python objects). Errors
 name where the bad example is (``file:line`` for JSONL and for bytes that are not UTF-8,
 ``file:examples[i]`` for BBH, ``row i`` for a HF dataset), the field involved and what was expected.
 :func:`deduplicate_split` warns about repeated (prompt, response) pairs in a pool and removes the
@@ -20,9 +22,15 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ITER_READERS",
     "InstructionRecord",
     "READERS",
     "deduplicate_split",
+    "iter_alpaca_jsonl",
+    "iter_bbh",
+    "iter_chat_jsonl",
+    "iter_gsm8k",
+    "iter_records",
     "read_alpaca_jsonl",
     "read_bbh",
     "read_chat_jsonl",
@@ -211,13 +219,21 @@ def read_chat_jsonl(
         >>> r.prompt, r.response, r.group
         ('Hi', 'Hello!', 'chat')
     """
-    records = []
+    return _non_empty(list(iter_chat_jsonl(path, group, group_field, messages_field)), path)
+
+
+def iter_chat_jsonl(
+    path: PathT,
+    group: str | None = None,
+    group_field: str | None = "dataset",
+    messages_field: str = "messages",
+) -> Iterator[InstructionRecord]:
+    """:func:`read_chat_jsonl` one record at a time (the same records and errors; an empty file yields none)."""
     for where, row in _iter_jsonl(path):
         if messages_field not in row:
             raise ValueError(f"{where}: missing field `{messages_field}` (found fields: {sorted(row)})")
         g = group if group is not None else _group_of(row, group_field, Path(path).stem, where)
-        records.append(_at(where, lambda: _record_from_messages(row[messages_field], g)))  # noqa: B023
-    return _non_empty(records, path)
+        yield _at(where, lambda: _record_from_messages(row[messages_field], g))  # noqa: B023
 
 
 def _group_of(row: Mapping[str, Any], group_field: str | None, default: str, where: str) -> str:
@@ -254,15 +270,20 @@ def read_alpaca_jsonl(
         >>> read_alpaca_jsonl(p)[0].prompt
         'Add\\n\\n2 3'
     """
-    records = []
+    return _non_empty(list(iter_alpaca_jsonl(path, group, group_field)), path)
+
+
+def iter_alpaca_jsonl(
+    path: PathT, group: str | None = None, group_field: str | None = None
+) -> Iterator[InstructionRecord]:
+    """:func:`read_alpaca_jsonl` one record at a time (the same records and errors)."""
     for where, row in _iter_jsonl(path):
         instruction = _field(row, "instruction", where)
         input_ = _field(row, "input", where, allow_missing=True)
         output = _field(row, "output", where)
         g = group if group is not None else _group_of(row, group_field, Path(path).stem, where)
         prompt = _join_instruction(instruction, input_)
-        records.append(_at(where, lambda: InstructionRecord(prompt, output, g)))  # noqa: B023
-    return _non_empty(records, path)
+        yield _at(where, lambda: InstructionRecord(prompt, output, g))  # noqa: B023
 
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
@@ -284,14 +305,19 @@ def read_gsm8k(path: PathT, group: str = "gsm8k", strip_calculator: bool = False
         >>> read_gsm8k(p, strip_calculator=True)[0].response
         '48/2 = 24\\n#### 24'
     """
-    records = []
+    return _non_empty(list(iter_gsm8k(path, group, strip_calculator)), path)
+
+
+def iter_gsm8k(
+    path: PathT, group: str = "gsm8k", strip_calculator: bool = False
+) -> Iterator[InstructionRecord]:
+    """:func:`read_gsm8k` one record at a time (the same records and errors)."""
     for where, row in _iter_jsonl(path):
         question = _field(row, "question", where)
         answer = _field(row, "answer", where)
         if strip_calculator:
             answer = _CALCULATOR.sub("", answer)
-        records.append(_at(where, lambda: InstructionRecord(question, answer, group)))  # noqa: B023
-    return _non_empty(records, path)
+        yield _at(where, lambda: InstructionRecord(question, answer, group))  # noqa: B023
 
 
 def read_bbh(path: PathT, tasks: Sequence[str] | None = None) -> list[InstructionRecord]:
@@ -309,6 +335,11 @@ def read_bbh(path: PathT, tasks: Sequence[str] | None = None) -> list[Instructio
         >>> [(r.group, r.response) for r in read_bbh(d)]
         [('navigate', 'No')]
     """
+    return _non_empty(list(iter_bbh(path, tasks)), path)
+
+
+def iter_bbh(path: PathT, tasks: Sequence[str] | None = None) -> Iterator[InstructionRecord]:
+    """:func:`read_bbh` one record at a time (one task file in memory at a time; the same errors)."""
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.json"))
@@ -322,7 +353,6 @@ def read_bbh(path: PathT, tasks: Sequence[str] | None = None) -> list[Instructio
         files = [path]
     else:
         raise FileNotFoundError(f"No such BBH file or directory: {path}")
-    records = []
     for file in files:
         try:
             data = json.loads(_decode(file.read_bytes(), file))
@@ -335,8 +365,7 @@ def read_bbh(path: PathT, tasks: Sequence[str] | None = None) -> list[Instructio
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected an object, got {type(row).__name__}")
             input_, target = _field(row, "input", where), _field(row, "target", where)
-            records.append(_at(where, lambda: InstructionRecord(input_, target, file.stem)))  # noqa: B023
-    return _non_empty(records, path)
+            yield _at(where, lambda: InstructionRecord(input_, target, file.stem))  # noqa: B023
 
 
 def records_from_hf(
@@ -395,6 +424,29 @@ READERS: dict[str, Callable[..., list[InstructionRecord]]] = {
     "bbh": read_bbh,
 }
 """File readers by format name, used by :func:`read_records` (and Hydra data configs)."""
+
+ITER_READERS: dict[str, Callable[..., Iterator[InstructionRecord]]] = {
+    "chat": iter_chat_jsonl,
+    "alpaca": iter_alpaca_jsonl,
+    "gsm8k": iter_gsm8k,
+    "bbh": iter_bbh,
+}
+"""The same readers one record at a time (:func:`iter_records`), for pools read into Arrow."""
+
+
+def iter_records(path: PathT, format: str, **kwargs: Any) -> Iterator[InstructionRecord]:
+    """:func:`read_records` one record at a time: the same records, in order, and the same errors,
+    without holding the pool (an empty file yields nothing; callers check).
+
+    Example:
+        >>> next(iter_records("x.jsonl", format="csv"))
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown `format` 'csv'; known formats: ['alpaca', 'bbh', 'chat', 'gsm8k'].
+    """
+    if format not in ITER_READERS:
+        raise ValueError(f"Unknown `format` {format!r}; known formats: {sorted(ITER_READERS)}.")
+    yield from ITER_READERS[format](path, **kwargs)
 
 
 def read_records(path: PathT, format: str, **kwargs: Any) -> list[InstructionRecord]:

@@ -13,6 +13,11 @@ inputs resumes, one with other inputs is an error naming what differs (``--overw
 again). The index stores its provenance (fingerprint, records digest), which ``lead-train
 pool.index=...`` checks. ``--out`` is checked before any work.
 
+``--records`` are read into a memory-mapped Arrow file (``--arrow-dir``, default
+``<shard-dir>/arrow``) and tokenized per batch, so the pool is never held as Python objects
+(:class:`lead_lightning.data.arrow.ArrowRecords`); ``--reader python`` keeps the former in-memory
+reader (the same scores, index and provenance). A generated pool (``--pool-size``) is held in memory.
+
 SIGTERM (a scheduler's stop, ``timeout``) stops scoring after the current batch on every rank; the
 shards written so far stay, the process exits with status 143, and the same command resumes.
 """
@@ -42,6 +47,18 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--format", default="alpaca", help="reader for --records (alpaca, chat, gsm8k, bbh)")
     ap.add_argument("--pool-size", type=int, default=200, help="size of the generated pool (no --records)")
     ap.add_argument("--limit", type=_positive_int, help="score only the first N records")
+    ap.add_argument(
+        "--reader",
+        choices=("arrow", "python"),
+        default="arrow",
+        help="--records held in a memory-mapped Arrow file, tokenized per batch (arrow, default), or"
+        " read into Python objects and tokenized up front (python: the former reader); same scores",
+    )
+    ap.add_argument(
+        "--arrow-dir",
+        help="where --reader arrow writes the pool's Arrow file (keyed by the source; reused by DDP"
+        " ranks and reruns); default <shard-dir>/arrow, or a temporary directory without --shard-dir",
+    )
     ap.add_argument(
         "--model",
         help="local Hugging Face model directory, a local .gguf file, or a packaged model"
@@ -83,6 +100,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     out_path = _check_out(args.out, args.shard_dir)  # before any work
     from lead_lightning.data import InstructionDataModule, generate_pool, read_records
+    from lead_lightning.data.arrow import ArrowRecords
     from lead_lightning.models import (
         CausalLMModule,
         load_model_and_tokenizer,
@@ -90,7 +108,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         train_bpe_tokenizer,
     )
 
-    if args.records:
+    shard_dir = args.shard_dir
+    if args.devices > 1:
+        shard_dir = shard_dir or f"{args.out}.shards"  # every rank writes its shards there
+    records: Any
+    if args.records and args.reader == "arrow":  # never the pool as Python objects
+        records = ArrowRecords.from_file(args.records, args.format, cache_dir=_arrow_dir(args, shard_dir))
+    elif args.records:
         records = read_records(args.records, format=args.format)
     else:
         records = generate_pool(args.pool_size, seed=args.seed)
@@ -99,7 +123,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if args.model:  # a local directory or .gguf file, or a packaged model: nothing is downloaded
         model, tokenizer = load_model_and_tokenizer(args.model)
     else:
-        tokenizer = train_bpe_tokenizer([r.prompt + " " + r.response for r in records], vocab_size=512)
+        tokenizer = train_bpe_tokenizer((r.prompt + " " + r.response for r in records), vocab_size=512)
         model = tiny_causal_lm(len(tokenizer), hidden_size=64, num_layers=2, num_heads=4, seed=args.seed)
     dm = InstructionDataModule(
         records,
@@ -110,10 +134,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         eval_batch_size=args.batch_size,
     )
     trainer_kwargs: dict[str, Any] = {"accelerator": args.accelerator, "devices": args.devices}
-    shard_dir = args.shard_dir
     if args.devices > 1:
         trainer_kwargs["strategy"] = "ddp"
-        shard_dir = shard_dir or f"{args.out}.shards"  # every rank writes its shards there
     warmup = None
     scored: torch.nn.Module = model
     if args.warmup_examples > 0:
@@ -155,8 +177,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     elif args.clusters == "embedding":
         clusters = cluster_embeddings(scores["embedding"], k=args.k, seed=args.seed)
     else:
-        clusters = cluster_labels([r.group for r in records])
-    groups = [r.group for r in records] if args.groups == "label" else None
+        clusters = cluster_labels(_groups(records))
+    groups = _groups(records) if args.groups == "label" else None
     scores_fp = fingerprint(**parts)
     provenance = {
         "fingerprint": fingerprint(
@@ -185,6 +207,27 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             f"wrote {path}: {len(records)} examples, {int(clusters.max()) + 1} clusters, {n_flag} IFD flagged"
         )
     return {"path": path, "scores": scores, "clusters": clusters}
+
+
+def _groups(records: Any) -> Any:
+    """The group column: from Arrow (one string object per distinct group), or from the records."""
+    groups = getattr(records, "groups", None)
+    return groups if groups is not None else [r.group for r in records]
+
+
+def _arrow_dir(args: argparse.Namespace, shard_dir: str | None) -> str:
+    """``--arrow-dir``, else ``<shard dir>/arrow``, else a temporary directory removed at exit."""
+    if args.arrow_dir:
+        return str(args.arrow_dir)
+    if shard_dir:
+        return str(Path(shard_dir) / "arrow")
+    import atexit
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="lead-score-arrow-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return tmp
 
 
 def _positive_int(text: str) -> int:

@@ -35,6 +35,7 @@ from typing import Any
 
 __all__ = [
     "SCORER_VERSION",
+    "RecordsHasher",
     "canonical_json",
     "diff_parts",
     "fingerprint",
@@ -136,17 +137,33 @@ def records_digest(records: Iterable[Any]) -> str:
         >>> records_digest(a) == records_digest([InstructionRecord("Add 2 and 3.", "5", group="sum")])
         False
     """
-    h = hashlib.sha256(b"lead_lightning.records.v1")
-    n = 0
+    streamed = getattr(records, "records_digest", None)
+    if callable(streamed):  # an Arrow-backed pool (`ArrowRecords`): the same digest, from its columns
+        return str(streamed())
+    h = RecordsHasher()
     for r in records:
-        _update_str(h, r.prompt)
-        _update_str(h, r.response)
-        _update_str(h, r.group)
         messages = getattr(r, "messages", None)
-        _update_str(h, None if messages is None else canonical_json(messages))
-        n += 1
-    h.update(n.to_bytes(8, "little"))
+        h.update(r.prompt, r.response, r.group, None if messages is None else canonical_json(messages))
     return h.hexdigest()
+
+
+class RecordsHasher:
+    """:func:`records_digest` one record at a time: ``update(prompt, response, group, messages_json)``
+    (``messages_json``: the canonical JSON of the conversation, or ``None``), then :meth:`hexdigest`."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256(b"lead_lightning.records.v1")
+        self.n = 0
+
+    def update(self, prompt: str, response: str, group: str, messages_json: str | None) -> None:
+        for text in (prompt, response, group, messages_json):
+            _update_str(self._h, text)
+        self.n += 1
+
+    def hexdigest(self) -> str:
+        h = self._h.copy()
+        h.update(self.n.to_bytes(8, "little"))
+        return h.hexdigest()
 
 
 def tokenizer_digest(tokenizer: Any) -> str:
