@@ -272,11 +272,17 @@ class PoolIndex:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        names = np.asarray(self.group_names, dtype=object)[self.groups.numpy()]
+        codes = self.groups.numpy()
+        if all(isinstance(x, str) for x in self.group_names):  # built in Arrow: no Python object per example
+            group_col = pa.array(self.group_names, type=pa.string()).take(pa.array(codes))
+        elif all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in self.group_names):
+            group_col = pa.array(np.asarray(self.group_names)[codes])
+        else:
+            group_col = pa.array(np.asarray(self.group_names, dtype=object)[codes].tolist())
         cols: dict[str, Any] = {
             "id": pa.array(np.arange(len(self), dtype=np.int64)),
             "cluster": pa.array(self.clusters.numpy().astype(np.int32)),
-            "group": pa.array(names.tolist()),
+            "group": group_col,
             "iu0": pa.array(self.iu0.numpy()),
         }
         if self.ifd is not None:
