@@ -173,3 +173,24 @@ def test_streaming_run_stopped_by_sigterm_resumes_to_the_same_output(
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
     assert len(list(shards.glob("rank0_batch*.pt"))) == LIMIT // 16
     _same_output(result, out, in_memory)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_ddp_ranks_stream_the_same_arrow_file_and_match_the_in_memory_reader(pool_file, tmp_path):  # noqa: ANN001
+    import subprocess
+    import sys
+
+    tables = {}
+    for reader in ("arrow", "python"):
+        out = tmp_path / f"{reader}.parquet"
+        cmd = [sys.executable, "-m", "lead_lightning.scoring.cli", *_args(pool_file, out, "--reader", reader)]
+        proc = subprocess.run(
+            [*cmd, "--devices", "2"], capture_output=True, text=True, timeout=600, cwd=tmp_path
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        tables[reader] = pq.read_table(out)
+    assert tables["arrow"].equals(tables["python"])
+    assert tables["arrow"].schema.metadata == tables["python"].schema.metadata
+    # both ranks use the one Arrow file beside the shards (keyed by the source)
+    assert len(list((tmp_path / "arrow.parquet.shards" / "arrow").glob("records-*.arrow"))) == 1
