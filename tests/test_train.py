@@ -127,8 +127,12 @@ def test_each_option_composes_and_instantiates(group, option, local_checkpoint, 
     cfg = make_cfg([f"{group}={option}", *extra], tmp_path)
 
     # every `_target_` builds (partials are called the way train.py calls them)
-    gsm8k = cfg.data.records._target_.endswith("gsm8k_split")
-    records = None if gsm8k and not Path(cfg.data.records.root).is_dir() else instantiate(cfg.data.records)
+    target = cfg.data.records._target_
+    if target.endswith("gsm8k_bbh_split"):  # reads <data_dir>/gsm8k and <data_dir>/bbh
+        absent = not all((Path(cfg.data.records.data_dir) / d).is_dir() for d in ("gsm8k", "bbh"))
+    else:
+        absent = target.endswith("gsm8k_split") and not Path(cfg.data.records.root).is_dir()
+    records = None if absent else instantiate(cfg.data.records)
     if records is not None:
         assert len(records.train) > 0
         tok = instantiate(cfg.model.tokenizer)(records.train[:60])
