@@ -122,6 +122,15 @@ def test_records_digest_is_computed_streaming_and_equals_records_digest(pool_fil
     chat_pool = ArrowRecords.from_file(chat, "chat", cache_dir=tmp_path)
     assert list(chat_pool) == read_records(chat, format="chat")
     assert records_digest(chat_pool) == records_digest(read_records(chat, format="chat"))
+    # a BBH directory: every task file is part of the key and read in the reader's order
+    bbh = tmp_path / "bbh"
+    bbh.mkdir()
+    for task in ("navigate", "boolean_expressions"):
+        rows = [{"input": f"{task} {i}?", "target": "Yes"} for i in range(3)]
+        (bbh / f"{task}.json").write_text(json.dumps({"examples": rows}))
+    bbh_pool = ArrowRecords.from_file(bbh, "bbh", cache_dir=tmp_path)
+    assert list(bbh_pool) == read_records(bbh, format="bbh")
+    assert records_digest(bbh_pool) == records_digest(read_records(bbh, format="bbh"))
 
 
 def test_a_changed_source_gets_a_new_arrow_file_and_errors_name_the_line(tmp_path):  # noqa: ANN001
