@@ -203,3 +203,17 @@ def test_two_ddp_ranks_stream_the_same_arrow_file_and_match_the_in_memory_reader
     assert tables["arrow"].schema.metadata == tables["python"].schema.metadata
     # both ranks use the one Arrow file beside the shards (keyed by the source)
     assert len(list((tmp_path / "arrow.parquet.shards" / "arrow").glob("records-*.arrow"))) == 1
+
+
+def test_lora_warmup_scores_are_reproducible_and_equal_on_both_readers(pool_file, tmp_path):  # noqa: ANN001
+    """The LoRA warm-up (its adapter initialised from --seed) gives the same IFD on both readers."""
+    from lead_lightning.scoring.cli import run
+
+    warm = ["--warmup-examples", "24", "--warmup-steps", "2", "--limit", "96"]
+    scores = [
+        run([*_args(pool_file, tmp_path / f"{name}.parquet", "--reader", reader), *warm])["scores"]
+        for name, reader in (("a", "python"), ("b", "python"), ("c", "arrow"))
+    ]
+    assert "iu0_warm" in scores[0]
+    for key, ref in scores[0].items():
+        assert all(torch.equal(ref, other[key]) for other in scores[1:]), key

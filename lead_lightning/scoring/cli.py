@@ -140,7 +140,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     scored: torch.nn.Module = model
     if args.warmup_examples > 0:
         if not hasattr(model, "peft_config"):  # the adapter starts at zero: the base model is unchanged
-            scored = CausalLMModule(model, lora={"r": args.lora_r, "alpha": 2 * args.lora_r})
+            with torch.random.fork_rng(devices=[]):  # the adapter's initialisation: seeded, reproducible
+                torch.manual_seed(args.seed)
+                scored = CausalLMModule(model, lora={"r": args.lora_r, "alpha": 2 * args.lora_r})
         warmup = {
             "n_examples": args.warmup_examples,
             "max_steps": args.warmup_steps,
