@@ -260,9 +260,33 @@ class LoggerResume(Callback):
     def __init__(self, loggers: Sequence[Any]) -> None:
         super().__init__()
         self.csv = [lg for lg in loggers if isinstance(lg, ResumableCSVLogger)]
+        self._step_row_pending = False
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # Lightning logs a step's metrics (one CSV row, every `log_every_n_steps`) after the callbacks'
+        # `on_train_batch_end`, where step and stop checkpoints are written (this callback runs before
+        # them). A checkpoint taken there must count that row: the resumed run starts at the next step
+        # and never logs it again (a resume from a logging step lost its train/loss row).
+        lc = trainer._logger_connector
+        accumulating = trainer.fit_loop._should_accumulate() and pl_module.automatic_optimization
+        self._step_row_pending = bool(
+            self.csv and not accumulating and lc.should_update_logs and lc.metrics["log"]
+        )
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._step_row_pending = False  # the previous step's row is logged by now
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._step_row_pending = False
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._step_row_pending = False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"csv_rows": [lg.rows_written() for lg in self.csv]}
+        pending = int(self._step_row_pending)
+        return {"csv_rows": [None if (n := lg.rows_written()) is None else n + pending for lg in self.csv]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for lg, rows in zip(self.csv, state_dict.get("csv_rows", []), strict=False):
