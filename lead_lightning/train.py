@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
-    from lead_lightning.app.builders import build_datamodule, build_selection
+    from lead_lightning.app.builders import build_inputs, build_selection
     from lead_lightning.app.offline import build_pool
     from lead_lightning.app.resume import resolve_resume, run_callbacks
     from lead_lightning.app.runtime import ddp_job_of_a_sweep, finish_loggers
@@ -67,11 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_resume(cfg.resume, out_dir)  # resume=auto | <file>: found before any work
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    split = instantiate(cfg.data.records)
-    tokenizer = instantiate(cfg.model.tokenizer)(split.train)
-    dm, records = build_datamodule(instantiate(cfg.data.module), split, tokenizer)
-    net = instantiate(cfg.model.net)(vocab_size=len(tokenizer))
-    module = instantiate(cfg.model.module)(model=net, lora=instantiate(cfg.peft) if cfg.peft else None)
+    split, dm, records, module = build_inputs(cfg)
 
     t_pool = time.perf_counter()
     pool, names = build_pool(cfg, module, dm, records)  # a pool.index file, the score cache, or scoring
@@ -110,7 +106,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **monitors.results(trainer, selection),
     }
     if cfg.save_model and trainer.is_global_zero:  # the trained model (LoRA merged) + tokenizer
-        result["model_dir"] = module.save_pretrained_model(out_dir / "model", tokenizer)
+        result["model_dir"] = module.save_pretrained_model(out_dir / "model", dm.tokenizer)
     result["wall_s"] = time.perf_counter() - t0
     if cfg.report.print_summary and trainer.is_global_zero:
         _print_summary(cfg, pool, result)

@@ -117,10 +117,9 @@ TINY = {  # --tiny: the same model on 8-example sets (not a result)
 def build_index(overrides: list[str], cache: Path) -> tuple[str, float]:
     """The app's offline stage once: returns the pool index file and the seconds it took (0 if cached)."""
     import lightning.pytorch as pl
-    from hydra.utils import instantiate
 
     from lead_lightning.app import compose
-    from lead_lightning.app.builders import build_datamodule
+    from lead_lightning.app.builders import build_inputs
     from lead_lightning.app.offline import build_pool
 
     done = cache / "index" / f"{study.key_of(overrides)}.json"
@@ -132,15 +131,12 @@ def build_index(overrides: list[str], cache: Path) -> tuple[str, float]:
     t0 = time.perf_counter()
     cfg = compose(overrides, cache / "index" / "run")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    split = instantiate(cfg.data.records)
-    tokenizer = instantiate(cfg.model.tokenizer)(split.train)
-    dm, records = build_datamodule(instantiate(cfg.data.module), split, tokenizer)
-    net = instantiate(cfg.model.net)(vocab_size=len(tokenizer))
-    module = instantiate(cfg.model.module)(model=net, lora=instantiate(cfg.peft) if cfg.peft else None)
+    _, dm, records, module = build_inputs(cfg)
     t1 = time.perf_counter()
-    build_pool(cfg, module, dm, records)
+    pool, _ = build_pool(cfg, module, dm, records)
     seconds = time.perf_counter() - t1
-    path = sorted((Path(str(cfg.pool.cache_dir))).glob("*.parquet"), key=lambda p: p.stat().st_mtime)[-1]
+    # the cache file build_pool wrote or loaded: <pool.cache_dir>/<fingerprint>.parquet
+    path = Path(str(cfg.pool.cache_dir)) / f"{(pool.provenance or {})['fingerprint']}.parquet"
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps({"path": str(path), "seconds": seconds, "overrides": overrides}, indent=1))
     print(f"[smollm2] pool index {path.name}: {seconds:.1f} s (load {t1 - t0:.1f} s)", flush=True)

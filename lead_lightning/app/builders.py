@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lead_lightning.app.data import Split
 from lead_lightning.base import RoundSelectionCallback
 from lead_lightning.data import InstructionDataModule, InstructionRecord
-from lead_lightning.models import load_causal_lm, load_tokenizer, train_bpe_tokenizer
+from lead_lightning.models import CausalLMModule, load_causal_lm, load_tokenizer, train_bpe_tokenizer
 from lead_lightning.pool import PoolIndex
 
 __all__ = [
@@ -70,6 +70,23 @@ def build_datamodule(
     dm = make(train_records=records, tokenizer=tokenizer, val_records=split.val)
     dm.setup("fit")
     return dm, records
+
+
+def build_inputs(cfg: Any) -> tuple[Split, InstructionDataModule, list[InstructionRecord], CausalLMModule]:
+    """What ``lead-train`` builds from its composed config before the offline stage: the records, the
+    datamodule over the pool (excluded examples dropped), the pool records and the model module.
+
+    Returns:
+        ``(split, datamodule, pool records, module)``.
+    """
+    from hydra.utils import instantiate
+
+    split = instantiate(cfg.data.records)
+    tokenizer = instantiate(cfg.model.tokenizer)(split.train)
+    dm, records = build_datamodule(instantiate(cfg.data.module), split, tokenizer)
+    net = instantiate(cfg.model.net)(vocab_size=len(tokenizer))
+    module = instantiate(cfg.model.module)(model=net, lora=instantiate(cfg.peft) if cfg.peft else None)
+    return split, dm, records, module
 
 
 def build_selection(config: Any, pool: PoolIndex) -> RoundSelectionCallback:
