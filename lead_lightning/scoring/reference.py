@@ -23,13 +23,11 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
 
-from lead_lightning.scoring.common import offline_trainer_kwargs
+from lead_lightning.scoring.common import fit_steps
 from lead_lightning.scoring.scorer import ScoringModule, score_pool
 
 if TYPE_CHECKING:
@@ -154,26 +152,12 @@ def train_reference(
             f"All {len(records)} reference records are excluded by `truncation={dm.truncation!r}` (their"
             f" prompts fill `max_length`={dm.max_length}). HINT: raise `max_length` or use other records."
         )
-    loader = DataLoader(
-        Subset(dataset, ids),
-        batch_size=batch_size or dm.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        num_workers=dm.num_workers,
-        collate_fn=dm.collator,
-    )
     ref = copy.deepcopy(module)  # LightningModule.__getstate__ leaves the trainer out of the copy
     if lr is not None:
         ref.hparams["lr"] = lr
-    kwargs = offline_trainer_kwargs(trainer_kwargs)
-    kwargs.update(max_steps=max_steps, max_epochs=-1)
-    kwargs.pop("callbacks", None)  # scoring callbacks (shard writers) have no business in training
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        trainer = pl.Trainer(**kwargs)
-        ref.train()  # Lightning keeps the mode it is given; dropout (LoRA's too) needs train mode
-        trainer.fit(ref, train_dataloaders=loader)
+    fit_steps(
+        ref, dm, ids, max_steps=max_steps, seed=seed, batch_size=batch_size, trainer_kwargs=trainer_kwargs
+    )
     return ref.eval()
 
 

@@ -14,12 +14,10 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
 
-from lead_lightning.scoring.common import hf_model, offline_trainer_kwargs
+from lead_lightning.scoring.common import fit_steps, hf_model
 
 __all__ = ["WARMUP_KEYS", "warmup_lora"]
 
@@ -119,26 +117,13 @@ def warmup_lora(
     candidates = np.setdiff1d(np.arange(n), np.asarray(dm.excluded_ids, dtype=np.int64))
     rng = np.random.default_rng(seed)
     ids = np.sort(rng.choice(candidates, size=min(n_examples, len(candidates)), replace=False)).tolist()
-    loader = DataLoader(
-        Subset(dataset, ids),
-        batch_size=batch_size or dm.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        num_workers=dm.num_workers,
-        collate_fn=dm.collator,
-    )
-    kwargs = offline_trainer_kwargs(trainer_kwargs)
-    kwargs.update(max_steps=max_steps, max_epochs=-1)
-    kwargs.pop("callbacks", None)  # scoring callbacks (shard writers) have no business in training
     old_lr = lm.hparams["lr"]
     if lr is not None:
         lm.hparams["lr"] = lr
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            trainer = pl.Trainer(**kwargs)
-            lm.train()  # Lightning keeps the mode it is given; LoRA dropout needs train mode
-            trainer.fit(lm, train_dataloaders=loader)
+        trainer = fit_steps(
+            lm, dm, ids, max_steps=max_steps, seed=seed, batch_size=batch_size, trainer_kwargs=trainer_kwargs
+        )
     finally:
         lm.hparams["lr"] = old_lr
     if state_file is not None and trainer.is_global_zero:
